@@ -1,0 +1,78 @@
+"""Forward+backward timing of the pure-torch Gaussian rasterizers (tiled vs dense reference).
+
+    python -m benchmarks.gaussians            # the table: 1k/5k/20k Gaussians at 64 and 128 px
+    python -m benchmarks.gaussians --quick    # small cases only
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from threedgen.cameras import orbit
+from threedgen.render.gaussians import rasterize_dense, rasterize_torch
+from threedgen.representations.gaussians import Gaussians
+
+
+def _scene(n_gaussians: int, size: int, n_cameras: int, seed: int = 0):
+    """A random ball of Gaussians (radius 0.5, opacity 0.5) seen from an orbit at distance 2.7."""
+    g = Gaussians.from_random_ball(n_gaussians, radius=0.5, seed=seed)
+    with torch.no_grad():
+        g.params["opacities"].fill_(0.0)  # sigmoid(0) = 0.5
+    cams = orbit(n_cameras, 15.0, 2.7, 40.0, size)
+    return g, cams
+
+
+def _time(fn, g, cams, repeats: int) -> float:
+    viewmats, Ks = cams.viewmats(), cams.intrinsics()
+    bg = torch.ones(len(cams), 3)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        render, alphas, _ = fn(g.means, g.quats, g.scales, g.opacities, g.colors, viewmats, Ks,
+                               cams.width, cams.height, backgrounds=bg)
+        (render.mean() + alphas.mean()).backward()
+        times.append(time.perf_counter() - t0)
+        g.zero_grad(set_to_none=True)
+    return statistics.median(times)
+
+
+def bench_rasterizer(n_gaussians: int, size: int, n_cameras: int = 4, repeats: int = 3,
+                     dense: bool = True) -> dict:
+    """Median forward+backward seconds of rasterize_torch ("tiled") and rasterize_dense
+    ("dense", None when dense=False) on a random ball of n_gaussians, size x size, n_cameras.
+    One untimed warm-up run precedes each."""
+    g, cams = _scene(n_gaussians, size, n_cameras)
+    result = {"n_gaussians": n_gaussians, "size": size, "n_cameras": n_cameras}
+    for name, fn, on in (("tiled", rasterize_torch, True), ("dense", rasterize_dense, dense)):
+        if not on:
+            result[name] = None
+            continue
+        _time(fn, g, cams, 1)
+        result[name] = _time(fn, g, cams, repeats)
+    result["speedup"] = (result["dense"] / result["tiled"]) if result["dense"] else None
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1k/5k at 32 and 64 only")
+    parser.add_argument("--no-dense", action="store_true", help="skip the dense reference")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    cases = ([(n, s) for s in (32, 64) for n in (1000, 5000)] if args.quick
+             else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 4 cameras, fwd+bwd")
+    print(f"{'gaussians':>10} {'size':>5} {'tiled ms':>10} {'dense ms':>10} {'speedup':>8}")
+    for n, s in cases:
+        r = bench_rasterizer(n, s, repeats=args.repeats, dense=not args.no_dense)
+        dense = f"{1e3 * r['dense']:10.1f}" if r["dense"] else f"{'-':>10}"
+        speed = f"{r['speedup']:7.1f}x" if r["speedup"] else f"{'-':>8}"
+        print(f"{n:>10} {s:>5} {1e3 * r['tiled']:10.1f} {dense} {speed}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""``threedgen bench``: one table of timings measured in one run on this machine.
+
+Rows: the Gaussian rasterizer (tiled, pure torch) against the dense all-pixels reference; the NeRF
+renderer; the prior's classifier-free-guided evaluation; one full SDS step split into render,
+prior (guidance) and backward+optimiser. All forward+backward, medians of a few repeats, seconds.
+Absolute times only mean something on the machine they were measured on; compare ratios.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from benchmarks.gaussians import bench_rasterizer
+from threedgen.cameras import CameraRanges, orbit, sample_cameras
+from threedgen.guidance.sds import SDS
+from threedgen.priors.pixel import EMBEDDED_PATH, PixelPrior
+from threedgen.prompts import PromptProcessor
+from threedgen.representations import REPRESENTATIONS
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_nerf(size: int, repeats: int, n_views: int = 4) -> float:
+    nerf = REPRESENTATIONS["nerf"].from_config(REPRESENTATIONS["nerf"].Config())
+    cams = orbit(n_views, 15.0, 2.8, 30.0, size)
+    bg = torch.ones(3)
+
+    def step():
+        out = nerf.render(cams, bg)
+        (out.rgb.mean() + out.alpha.mean()).backward()
+
+    return median_time(step, repeats)
+
+
+def bench_sds_step(name: str, prior, repeats: int) -> dict[str, float]:
+    """One training step of ``name`` + SDS at the default recipe's sizes, split into parts."""
+    cls = REPRESENTATIONS[name]
+    rep = cls.from_config(cls.Config())
+    rep.train()
+    guidance = SDS(SDS.Config(), prior)
+    prompts = PromptProcessor(prior, "a red cube")
+    opts = rep.optimizers()
+    bg = torch.ones(3)
+    parts = {"render": [], "prior": [], "backward+optimiser": []}
+    for k in range(repeats + 1):
+        g = torch.Generator().manual_seed(k)
+        cams = sample_cameras(4, CameraRanges(), 32, g)
+        t0 = time.perf_counter()
+        out = rep.render(cams, bg, generator=g)
+        t1 = time.perf_counter()
+        loss = guidance(out.rgb, prompts.conditioning(cams), k, generator=g).loss
+        t2 = time.perf_counter()
+        for o in opts.values():
+            o.zero_grad()
+        loss.backward()
+        for o in opts.values():
+            o.step()
+        t3 = time.perf_counter()
+        if k:  # the first is a warm-up
+            for key, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[key].append(v)
+    return {k: statistics.median(v) for k, v in parts.items()}
+
+
+def bench_prior(prior, repeats: int, batch: int = 4) -> float:
+    """One CFG evaluation (2 x batch images through the UNet) at the prior's resolution."""
+    x = torch.randn(2 * batch, 12, prior.resolution // 2, prior.resolution // 2)
+    text = prior.encode_prompts(["a red cube", ""] * batch)
+    cam = torch.zeros(2 * batch, 10)
+    t = torch.full((2 * batch,), 500)
+    with torch.no_grad():
+        return median_time(lambda: prior.predict_noise(x, t, text, cam), repeats)
+
+
+def main(args) -> int:
+    quick = getattr(args, "quick", False)
+    repeats = 2 if quick else 5
+    rows: list[tuple[str, str, str]] = []
+    sizes = [(1000, 64), (5000, 64)] if quick else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)]
+    for n, s in sizes:
+        r = bench_rasterizer(n, s, n_cameras=4, repeats=repeats)
+        rows.append((f"gaussians fwd+bwd {n // 1000}k @{s}^2 x4 views", f"{r['tiled'] * 1e3:.0f} ms",
+                     f"dense reference {r['dense'] * 1e3:.0f} ms, tiled is {r['speedup']:.1f}x faster"))
+    rows.append(("nerf fwd+bwd @64^2 x4 views", f"{bench_nerf(64, repeats) * 1e3:.0f} ms", "48 samples/ray, 32^3 grids"))
+    prior = PixelPrior.from_pretrained(EMBEDDED_PATH)
+    p = bench_prior(prior, repeats)
+    rows.append(("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms", f"@{prior.resolution}^2, 8 UNet images"))
+    for name in ("gaussians", "nerf"):
+        parts = bench_sds_step(name, prior, repeats)
+        total = sum(parts.values())
+        detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
+        rows.append((f"{name}+sds full step @32^2 x4 views", f"{total * 1e3:.0f} ms",
+                     f"{detail}; prior share {parts['prior'] / total:.0%}"))
+    w = max(len(r[0]) for r in rows)
+    print(f"{'case':<{w}}  {'time':>9}  notes")
+    for case, t, note in rows:
+        print(f"{case:<{w}}  {t:>9}  {note}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return 0

@@ -1,0 +1,1 @@
+"""Lightning glue: the only package that imports pytorch_lightning."""

@@ -1,0 +1,65 @@
+"""Run one optimisation with Lightning: progress bar, CSV log, atomic checkpoints, resume."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from systems.text_to_3d import TextTo3D
+from threedgen.config import RunConfig
+from threedgen.runs import CKPT
+
+
+class AtomicCheckpoint(pl.Callback):
+    """Writes ``ckpts/last.ckpt`` every ``every`` steps and at the end: temp file, then rename."""
+
+    def __init__(self, run_dir: Path, every: int):
+        self.path, self.every = Path(run_dir) / CKPT, every
+
+    def save(self, trainer: pl.Trainer) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        trainer.save_checkpoint(tmp)
+        os.replace(tmp, self.path)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = int(module.step_count)
+        if step % self.every == 0 or step == module.cfg.trainer.max_steps:
+            self.save(trainer)
+
+
+def fit(cfg: RunConfig, run_dir: Path, prior=None, ckpt_path: Path | None = None) -> dict:
+    """Optimise ``cfg.prompt`` into ``run_dir``; return the final metrics."""
+    threads = torch.get_num_threads()
+    try:
+        if cfg.trainer.threads:
+            torch.set_num_threads(cfg.trainer.threads)
+        return _fit(cfg, run_dir, prior, ckpt_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None) -> dict:
+    pl.seed_everything(cfg.trainer.seed, verbose=False)
+    module = TextTo3D(cfg, run_dir, prior=prior)
+    trainer = pl.Trainer(
+        accelerator="auto", devices=1, max_epochs=1, logger=CSVLogger(run_dir, name="logs", version=""),
+        enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
+        log_every_n_steps=10, callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every),
+                                         TQDMProgressBar(refresh_rate=10)])
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # after import: it resets it
+    # One item per step; the module ends the epoch itself once its saved step count is reached.
+    steps = DataLoader(range(cfg.trainer.max_steps), batch_size=None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended.*")
+        trainer.fit(module, steps, ckpt_path=ckpt_path)
+    return module.finish()

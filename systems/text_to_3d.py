@@ -1,0 +1,147 @@
+"""The text-to-3D Lightning system: cameras -> render -> guidance (+ regularisers) -> step.
+
+Lightning is used for the loop, manual optimisation, checkpoint/resume and the progress bar;
+every piece of math lives in ``threedgen``. Randomness is drawn from a generator seeded by
+(seed, step), so a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+
+from threedgen.cameras import CameraRanges, orbit, sample_cameras
+from threedgen.config import RunConfig
+from threedgen.evaluate import evaluate
+from threedgen.export.turntable import write_video
+from threedgen.guidance import GUIDANCE
+from threedgen.priors.embedded.classifier import WorldClassifier
+from threedgen.priors.pixel import EMBEDDED_PATH, load_prior
+from threedgen.prompts import PromptProcessor
+from threedgen.representations import build_representation
+from threedgen.runs import atomic_write
+
+log = logging.getLogger("threedgen")
+FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [0, 1] -> [B, H, W, 3] uint8."""
+    return (images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+class TextTo3D(pl.LightningModule):
+    def __init__(self, cfg: RunConfig, run_dir: Path, prior=None):
+        super().__init__()
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        s = cfg.system
+        self.prior = prior if prior is not None else load_prior(s.prior)
+        self.prompts = PromptProcessor(self.prior, cfg.prompt, cfg.negative_prompt)
+        self.representation = build_representation(s.representation, seed=cfg.trainer.seed)
+        self.guidance = GUIDANCE[s.guidance.name](s.guidance, self.prior)
+        self.register_buffer("background", torch.tensor(s.background), persistent=False)
+        self.ranges = CameraRanges(s.camera.elevation, s.camera.distance, s.camera.fov_y)
+        # Our own step counter, saved in checkpoints: Lightning's global_step counts optimizer
+        # steps (several per training step here) and its dataloader restarts on resume.
+        self.register_buffer("step_count", torch.zeros((), dtype=torch.long))
+        self.automatic_optimization = False
+        self.strict_loading = False  # checkpoints leave the frozen prior out
+        self._t0 = None
+
+    # --- optimisation -----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        self.optimizer_names = list(self.representation.optimizers().keys())
+        return list(self.representation.optimizers().values())
+
+    def _optimizers(self) -> dict:
+        opts = self.optimizers()
+        opts = opts if isinstance(opts, list) else [opts]
+        return {n: o.optimizer for n, o in zip(self.optimizer_names, opts)}
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if int(self.step_count) >= self.cfg.trainer.max_steps:
+            return -1  # tells Lightning to end the epoch: the run is complete
+
+    def training_step(self, batch, batch_idx):
+        step = int(self.step_count)
+        cfg = self.cfg
+        g = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
+        cams = sample_cameras(cfg.system.camera.batch_size, self.ranges, cfg.system.camera.resolution, g)
+        opts = self._optimizers()
+        self.representation.pre_backward(step, opts)
+        out = self.representation.render(cams, self.background, generator=g)
+        guided = self.guidance(out.rgb, self.prompts.conditioning(cams), step, generator=g)
+        regs = self.representation.regularisers(out, step)
+        loss = guided.loss + sum(regs.values())
+        for o in opts.values():
+            o.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        for o in opts.values():
+            o.step()
+        self.representation.post_step(step, out, opts)
+        self.step_count += 1
+        self.log_dict({"loss": guided.loss.detach(), "grad": guided.grad_norm,
+                       "t": guided.timesteps.float().mean() / self.prior.num_train_timesteps,
+                       **{f"reg/{k}": v.detach() for k, v in regs.items()}}, prog_bar=False)
+        self.log("loss", guided.loss.detach(), prog_bar=True)
+        if cfg.trainer.val_every and (step + 1) % cfg.trainer.val_every == 0:
+            self.save_views(self.run_dir / "val" / f"step{step + 1:05d}.png")
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN)}
+
+    def on_load_checkpoint(self, checkpoint):
+        rep = {k[len("representation."):]: v for k, v in checkpoint["state_dict"].items()
+               if k.startswith("representation.")}
+        self.representation.load_weights(rep)  # resizes (e.g. densified Gaussians) before Lightning loads
+
+    # --- outputs ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_orbit(self, n: int, size: int):
+        c = self.cfg.system.camera
+        cams = orbit(n, c.eval_elevation, c.eval_distance, c.eval_fov_y, size)
+        return self.representation.render(cams, self.background)
+
+    def save_views(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frames = to_uint8(self.render_orbit(4, self.cfg.test.resolution).rgb)
+        buf = path.with_suffix(".tmp.png")
+        Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf)
+        buf.replace(path)
+
+    def on_train_start(self):
+        self._t0 = time.time()
+
+    @torch.no_grad()
+    def finish(self) -> dict:
+        """Test renders, turntable video and metrics.json for the finished run."""
+        self.representation.eval()
+        t = self.cfg.test
+        test_dir = self.run_dir / "test"
+        test_dir.mkdir(exist_ok=True)
+        frames = to_uint8(self.render_orbit(t.n_frames, t.resolution).rgb)
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(test_dir / f"{i:03d}.png")
+        write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
+        metrics = self.metrics()
+        atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        return metrics
+
+    @torch.no_grad()
+    def metrics(self) -> dict:
+        c = self.cfg.system.camera
+        classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
+        m = evaluate(lambda cams: self.representation.render(cams, self.background), self.cfg.prompt,
+                     classifier, elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
+        m["steps"] = self.cfg.trainer.max_steps
+        if self._t0 is not None:
+            m["fit_seconds"] = round(time.time() - self._t0, 1)
+        return m

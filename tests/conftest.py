@@ -1,0 +1,27 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+
+_SWEEP: list[dict] = []
+
+
+@pytest.fixture
+def sweep_results() -> list[dict]:
+    """Quality-sweep rows, printed as a table at the end of the session."""
+    return _SWEEP
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _SWEEP:
+        return
+    w = terminalreporter
+    w.section("quality sweep")
+    w.line(f"{'representation':<36} {'prompt':<20} {'shape':>5} {'colour':>6} {'IoU':>5} "
+           f"{'best':>8} {'col.err':>7} {'handles':>7} {'secs':>5}")
+    for r in _SWEEP:
+        w.line(f"{r['representation']:<36} {r['prompt']:<20} {r.get('shape_correct_views', '-'):>5} "
+               f"{r.get('colour_correct_views', '-'):>6} {r.get('iou', 0):>5.2f} "
+               f"{r['best_shape_by_iou']:>8} {r.get('colour_error', 0):>7.3f} {str(r.get('handles', '-')):>7} "
+               f"{r.get('fit_seconds', 0):>5.0f}")

@@ -1,0 +1,59 @@
+import pytest
+
+from threedgen import config as C
+
+
+def write(tmp_path, text):
+    p = tmp_path / "recipe.yaml"
+    p.write_text(text)
+    return p
+
+
+RECIPE = """
+prompt: a red cube
+system:
+  representation: {name: nerf}
+  guidance: {name: sds, guidance_scale: 5}
+trainer: {max_steps: 10}
+"""
+
+
+def test_load_with_overrides(tmp_path):
+    cfg = C.load([write(tmp_path, RECIPE)], ["prompt=a blue cone", "system.guidance.guidance_scale=30",
+                                             "system.guidance.t_max={start: 0.98, end: 0.5, until: 100}"])
+    assert cfg.prompt == "a blue cone" and cfg.name == "recipe"
+    assert cfg.system.guidance.guidance_scale == 30.0
+    assert isinstance(cfg.system.guidance.t_max, C.Ramp)
+    assert C.value_at(cfg.system.guidance.t_max, 50) == pytest.approx(0.74)
+    assert C.value_at(cfg.system.guidance.t_max, 500) == pytest.approx(0.5)
+    assert cfg.trainer.max_steps == 10
+
+
+@pytest.mark.parametrize("override, message", [
+    ("system.guidance.guidence_scale=3", "system.guidance.guidence_scale: unknown key; did you mean guidance_scale?"),
+    ("trainer.max_steps=abc", "trainer.max_steps: expected an integer, got 'abc'"),
+    ("system.guidance.guidance_scale=high", "system.guidance.guidance_scale: expected a number, got 'high'"),
+    ("system.representation.name=nerff", "system.representation.name: unknown representation 'nerff'; did you mean nerf?"),
+    ("system.camera.elevation=[1,2,3]", "system.camera.elevation: expected 2 values, got 3"),
+    ("trainer.maxsteps=3", "trainer.maxsteps: unknown key; did you mean max_steps?"),
+    ("system.guidance.t_max={start: 1, end: 0.5, until: 0}", "system.guidance.t_max"),
+])
+def test_errors_name_the_path(tmp_path, override, message):
+    with pytest.raises(C.ConfigError) as e:
+        C.load([write(tmp_path, RECIPE)], [override])
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_required_value(tmp_path):
+    with pytest.raises(C.ConfigError, match=r"^prompt: missing required value"):
+        C.load([write(tmp_path, RECIPE.replace("prompt: a red cube", ""))])
+
+
+def test_every_recipe_validates():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).parents[1].joinpath("configs").glob("*.yaml"))
+    assert recipes
+    for r in recipes:
+        C.load([r], ["prompt=a red cube"])

@@ -1,0 +1,165 @@
+"""``threedgen fit | eval | bench | train-prior | check-prior``.
+
+User errors (bad config, unknown prompt word, missing checkpoint, unwritable folder) print one
+line, ``threedgen: error: ...``, and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Raised for bad input; main() prints it as one line and exits 2."""
+
+
+def _user_errors():
+    from threedgen.config import ConfigError
+    from threedgen.priors.base import PriorLoadError, PromptError
+    from threedgen.runs import RunError
+
+    return (UserError, ConfigError, PromptError, PriorLoadError, RunError)
+
+
+def cmd_fit(args) -> int:
+    from threedgen import config as C
+    from threedgen import runs
+
+    if args.resume:
+        run = Path(args.resume)
+        cfg = runs.load_run_config(run)
+        if args.overrides:
+            raise UserError("--resume takes no overrides: a resumed run keeps its config")
+        ckpt = runs.checkpoint_path(run)
+    else:
+        if not args.config:
+            raise UserError("fit needs --config FILE (or --resume RUN_DIR)")
+        cfg = C.load(args.config, args.overrides)
+        ckpt = None
+    # Check the prompt against the prior's vocabulary before building anything heavy.
+    from threedgen.priors.pixel import load_prior
+
+    prior = load_prior(cfg.system.prior)
+    prior.check_prompt(cfg.prompt)
+    prior.check_prompt(cfg.negative_prompt)
+    if not args.resume:
+        run = runs.create_run_dir(cfg)
+        runs.save_config(run, cfg, ["threedgen", *sys.argv[1:]])
+    from systems.fit import fit
+
+    metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt)
+    print(json.dumps({"run": str(run), **metrics}, indent=2))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from threedgen import runs
+    from threedgen.evaluate import evaluate
+    from threedgen.priors.embedded.classifier import WorldClassifier
+    from threedgen.priors.pixel import EMBEDDED_PATH
+    import torch
+
+    run = Path(args.run_dir)
+    cfg, rep = runs.load_representation(run)
+    background = torch.tensor(cfg.system.background)
+    classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
+    c = cfg.system.camera
+    with torch.no_grad():
+        metrics = evaluate(lambda cams: rep.render(cams, background), cfg.prompt, classifier,
+                           n_views=args.views, elevation=c.eval_elevation, distance=c.eval_distance,
+                           fov_y=c.eval_fov_y)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def cmd_train_prior(args) -> int:
+    import torch
+
+    from threedgen.priors.embedded.classifier import classifier_accuracy, train_classifier
+    from threedgen.priors.embedded.train import PriorTrainConfig, train_diffusion
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(out / "train.log")])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.part in ("all", "diffusion"):
+        train_diffusion(out, PriorTrainConfig(steps=args.steps, seed=args.seed))
+    if args.part in ("all", "classifier"):
+        model = train_classifier(out / "classifier", seed=args.seed)
+        print(json.dumps({"classifier_accuracy": classifier_accuracy(model)}))
+    print(f"saved to {out}; copy it to threedgen/priors/embedded/weights to ship it")
+    return 0
+
+
+def cmd_check_prior(args) -> int:
+    from threedgen.priors.embedded.check import check_prior
+    from threedgen.priors.pixel import EMBEDDED_PATH
+
+    result = check_prior(Path(args.path) if args.path else EMBEDDED_PATH, Path(args.grid),
+                         views=args.views, guidance_scale=args.guidance_scale, steps=args.steps)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from benchmarks.run import main as bench_main
+
+    return bench_main(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="threedgen", description="Text-to-3D by score distillation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fit", help="optimise one prompt into a 3D object")
+    f.add_argument("--config", action="append", help="YAML recipe (repeatable; merged in order)")
+    f.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    f.add_argument("overrides", nargs="*", help='dotted key=value, e.g. prompt="a red cube" trainer.max_steps=800')
+    f.set_defaults(func=cmd_fit)
+
+    e = sub.add_parser("eval", help="fidelity metrics of a finished run, as JSON")
+    e.add_argument("run_dir")
+    e.add_argument("--views", type=int, default=4)
+    e.set_defaults(func=cmd_eval)
+
+    b = sub.add_parser("bench", help="renderer and step timings, as a table")
+    b.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("train-prior", help="train the embedded prior and its classifier")
+    t.add_argument("--out", default="prior-training/weights")
+    t.add_argument("--steps", type=int, default=5000)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
+    t.set_defaults(func=cmd_train_prior)
+
+    c = sub.add_parser("check-prior", help="sample the prior and score the samples, as JSON")
+    c.add_argument("--path", help="prior folder (default: the shipped one)")
+    c.add_argument("--grid", default="check-prior.png", help="where to save the sample grid")
+    c.add_argument("--views", type=int, default=4)
+    c.add_argument("--guidance-scale", type=float, default=3.0)
+    c.add_argument("--steps", type=int, default=50)
+    c.set_defaults(func=cmd_check_prior)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded prior never needs the network
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as e:
+        print(f"threedgen: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,250 @@
+"""Typed configuration: dataclass schema, YAML recipes, dotted overrides, whole-tree validation.
+
+``load(["configs/gaussians-sds.yaml"], ["prompt=a red cube", "trainer.max_steps=800"])`` merges the
+files left to right with OmegaConf, applies the overrides, then builds the dataclass tree. Every
+problem raises ``ConfigError`` with the dotted path, before anything heavy is built:
+
+    system.guidance.guidence_scale: unknown key; did you mean guidance_scale?
+
+Parts chosen by name (``system.representation``, ``system.guidance``) are tagged unions: their
+``name`` picks the dataclass from the tables below, then the rest is checked against it.
+Hyper-parameters that change during a run are typed ``Ramp`` objects, not magic lists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A config problem, reported as one line: '<dotted.path>: <what is wrong>'."""
+
+
+# --- schedules ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Ramp:
+    """Linear ramp from ``start`` (at step ``begin``) to ``end`` (at step ``until``), constant outside.
+
+    YAML: ``t_max: {start: 0.98, end: 0.5, until: 500}``.
+    """
+
+    start: float
+    end: float
+    until: int
+    begin: int = 0
+
+    def __post_init__(self):
+        if self.until <= self.begin:
+            raise ValueError(f"until ({self.until}) must be greater than begin ({self.begin})")
+
+    def at(self, step: int) -> float:
+        f = min(max((step - self.begin) / (self.until - self.begin), 0.0), 1.0)
+        return self.start + f * (self.end - self.start)
+
+
+Scheduled = Union[float, Ramp]
+
+
+def value_at(v: Scheduled, step: int) -> float:
+    """A plain number or a Ramp, evaluated at a training step."""
+    return v.at(step) if isinstance(v, Ramp) else float(v)
+
+
+# --- the schema --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """Random training cameras (degrees, world units) and the fixed evaluation orbit."""
+
+    batch_size: int = 4
+    resolution: int = 32
+    elevation: tuple[float, float] = (-10.0, 60.0)
+    distance: tuple[float, float] = (2.6, 3.0)
+    fov_y: tuple[float, float] = (30.0, 30.0)
+    eval_elevation: float = 20.0
+    eval_distance: float = 2.8
+    eval_fov_y: float = 30.0
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    name: Literal["embedded"] = "embedded"
+    path: str | None = None  # a diffusers folder or hub id; None = the prior shipped in the package
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    max_steps: int = 600
+    seed: int = 0
+    val_every: int = 200
+    ckpt_every: int = 100
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """End-of-run renders: a turntable of ``n_frames`` at ``resolution``."""
+
+    n_frames: int = 36
+    resolution: int = 64
+    fps: int = 12
+
+
+def _tables() -> tuple[dict, dict]:
+    """name -> config dataclass, for representations and guidance (imported late: no cycles)."""
+    from threedgen.guidance import GUIDANCE
+    from threedgen.representations import REPRESENTATIONS
+
+    return ({k: v.Config for k, v in REPRESENTATIONS.items()}, {k: v.Config for k, v in GUIDANCE.items()})
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    representation: Any  # a representation's Config, chosen by its ``name``
+    guidance: Any  # a guidance method's Config, chosen by its ``name``
+    prior: PriorConfig = field(default_factory=PriorConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    prompt: str
+    system: SystemConfig
+    name: str = "run"  # the recipe's name: runs go to <output_dir>/<name>/<prompt-slug>@<time>
+    negative_prompt: str = ""
+    output_dir: str = "outputs"
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+
+TAGGED = {("SystemConfig", "representation"): 0, ("SystemConfig", "guidance"): 1}
+
+
+# --- building dataclasses from plain data ------------------------------------------------------
+
+def _suggest(key: str, valid) -> str:
+    close = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(sorted(valid))}"
+
+
+def _convert(tp, value, path: str):
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if Ramp in args and isinstance(value, dict):
+            return build(Ramp, value, path)
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(a, value, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{path}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}: expected a list of {len(args)} values, got {value!r}")
+        items = args if args[-1] is not Ellipsis else [args[0]] * len(value)
+        if len(items) != len(value):
+            raise ConfigError(f"{path}: expected {len(items)} values, got {len(value)}")
+        return tuple(_convert(a, v, f"{path}[{i}]") for i, (a, v) in enumerate(zip(items, value)))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if tp in (int, float):
+        ok = isinstance(value, int) if tp is int else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            raise ConfigError(f"{path}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+        return tp(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    raise TypeError(f"{path}: unsupported config type {tp}")  # a schema bug, not a user error
+
+
+def build(cls, data: dict, path: str = ""):
+    """Build dataclass ``cls`` from nested dicts; raise ConfigError naming the first bad path."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{path}." if path else ""
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{prefix}{key}: unknown key{_suggest(str(key), fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        p = f"{prefix}{name}"
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{p}: missing required value")
+            continue
+        tag = TAGGED.get((cls.__name__, name))
+        if tag is not None:
+            kwargs[name] = _build_tagged(_tables()[tag], data[name], p)
+        else:
+            kwargs[name] = _convert(hints[name], data[name], p)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # __post_init__ checks of values
+        raise ConfigError(f"{path or cls.__name__}: {e}") from None
+
+
+def _build_tagged(table: dict, data, path: str):
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError(f"{path}.name: missing required value (one of {', '.join(table)})")
+    name = data["name"]
+    if name not in table:
+        close = difflib.get_close_matches(str(name), list(table), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(f"{path}.name: unknown {path.rsplit('.', 1)[-1]} {name!r}{hint} "
+                          f"(known: {', '.join(table)})")
+    return build(table[name], data, path)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load(files: list[str | Path], overrides: list[str] = ()) -> RunConfig:
+    """Merge YAML files and ``key=value`` overrides, then validate the whole tree."""
+    parts = []
+    for f in files:
+        try:
+            parts.append(OmegaConf.load(f))
+        except OSError as e:
+            raise ConfigError(f"{f}: cannot read config file ({e.strerror})") from None
+        except Exception as e:  # YAML syntax errors
+            raise ConfigError(f"{f}: invalid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        for o in overrides:
+            if "=" not in o:
+                raise ConfigError(f"{o}: overrides are dotted key=value pairs")
+        parts.append(OmegaConf.from_dotlist(list(overrides)))
+        data = OmegaConf.to_container(OmegaConf.merge(*parts), resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+    if files and "name" not in data:
+        data["name"] = Path(files[-1]).stem
+    return build(RunConfig, data)

@@ -1,0 +1,47 @@
+"""The prior interface every guidance method talks to.
+
+A prior is a frozen diffusion model seen through four calls:
+
+- ``encode_prompts(prompts) -> Tensor [B, L, D]``: text embeddings ("" is the unconditional one);
+- ``encode_images(rgb [B, 3, H, W] in [0, 1]) -> x [B, C, h, w]``: what the diffusion runs on,
+  differentiable (a VAE latent, or pixels for pixel-space priors);
+- ``predict_noise(x_t, t [B], text [B, L, D], camera [B, Dc] | None) -> eps [B, C, h, w]``: always
+  epsilon, whatever the checkpoint predicts (v-prediction is converted);
+- ``camera_condition(cameras | None) -> Tensor [B, Dc] | None``: the prior's camera features, the
+  null camera for ``None``; ``None`` for priors without camera conditioning.
+
+and ``alphas_cumprod [T]`` with ``num_train_timesteps = T``, and ``resolution``, the image size
+its ``encode_images`` expects (renders are resized to it by the guidance).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor
+
+from threedgen.cameras import Cameras
+
+
+class PromptError(ValueError):
+    """A prompt the prior cannot read (e.g. a word outside a closed vocabulary)."""
+
+
+class PriorLoadError(RuntimeError):
+    """A checkpoint that is missing, incomplete or corrupt; the message says which and where."""
+
+
+class Prior(Protocol):
+    resolution: int
+    num_train_timesteps: int
+    alphas_cumprod: Tensor
+
+    def encode_prompts(self, prompts: list[str]) -> Tensor: ...
+
+    def encode_images(self, rgb: Tensor) -> Tensor: ...
+
+    def decode(self, x: Tensor) -> Tensor: ...
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor: ...
+
+    def camera_condition(self, cameras: Cameras | None, batch: int) -> Tensor | None: ...

@@ -1,0 +1,120 @@
+"""``threedgen check-prior``: does the embedded prior draw the prompted object from the asked view?
+
+Samples every shape x colour prompt from several views with DDIM and reports, as JSON:
+- the classifier's shape/colour accuracy on the samples, seen and held-out combinations apart;
+- camera following: a sample's silhouette matches the true render at its own elevation better
+  than at +-30 degrees (every shape), at its own azimuth better than at +90/+180 (mug) and +45
+  (cube);
+- the classifier's own accuracy on fresh world renders.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from threedgen.cameras import make_cameras
+from threedgen.evaluate import iou
+from threedgen.guidance.base import Conditioning
+from threedgen.priors.embedded import world
+from threedgen.priors.embedded.classifier import WorldClassifier, classifier_accuracy
+from threedgen.priors.pixel import EMBEDDED_PATH, PixelPrior
+from threedgen.priors.sampling import ddim_sample
+
+
+def sample_silhouette(rgb: Tensor, threshold: float = 0.12) -> Tensor:
+    """rgb [B, 3, H, W] on white -> float mask [B, 1, H, W] of non-background pixels."""
+    return ((1 - rgb).amax(1, keepdim=True) > threshold).float()
+
+
+def _conditioning(prior: PixelPrior, prompts: list[str], cams) -> Conditioning:
+    text = prior.encode_prompts(prompts)
+    uncond = prior.encode_prompts([""]).expand_as(text)
+    return Conditioning(text, uncond, prior.camera_condition(cams, len(prompts)),
+                        prior.camera_condition(None, len(prompts)))
+
+
+def _sample(prior, prompts, cams, scale, steps, g, chunk=96) -> Tensor:
+    out = []
+    for i in range(0, len(prompts), chunk):
+        sl = slice(i, i + chunk)
+        out.append(ddim_sample(prior, _conditioning(prior, prompts[sl], cams[sl]), scale, steps, g))
+    return torch.cat(out)
+
+
+def save_grid(images: Tensor, columns: int, path: Path, scale: int = 2) -> None:
+    """images [N, 3, H, W] in [0, 1] -> one PNG, ``columns`` per row."""
+    n, _, h, w = images.shape
+    rows = -(-n // columns)
+    grid = torch.ones(3, rows * h, columns * w)
+    for k in range(n):
+        r, c = divmod(k, columns)
+        grid[:, r * h:(r + 1) * h, c * w:(c + 1) * w] = images[k]
+    arr = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    Image.fromarray(arr).resize((columns * w * scale, rows * h * scale), Image.NEAREST).save(path)
+
+
+@torch.no_grad()
+def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-prior.png"),
+                views: int = 4, guidance_scale: float = 3.0, steps: int = 50, seed: int = 0) -> dict:
+    prior = PixelPrior.from_pretrained(path)
+    classifier = WorldClassifier.from_pretrained(Path(path) / "classifier")
+    g = torch.Generator().manual_seed(seed)
+    held_out = {tuple(p) for p in world.HELD_OUT}
+
+    # 1. Every prompt from `views` random views in the training camera range.
+    combos = [(s, c) for s in world.SHAPES for c in world.COLOURS]
+    prompts, keys = [], []
+    for s, c in combos:
+        prompts += [world.prompt_for(s, c)] * views
+        keys += [(s, c)] * views
+    n = len(prompts)
+    el = 0.0 + 45.0 * torch.rand(n, generator=g)
+    az = 360.0 * torch.rand(n, generator=g)
+    cams = make_cameras(el, az, 2.8, 30.0, prior.resolution)
+    samples = _sample(prior, prompts, cams, guidance_scale, steps, g)
+    shapes, colours = classifier.predict(samples)
+    result: dict = {"classifier_on_world": classifier_accuracy(classifier)}
+    for name, want in [("seen", False), ("held_out", True)]:
+        idx = [i for i, k in enumerate(keys) if (k in held_out) == want]
+        ok_s = [shapes[i] == keys[i][0] for i in idx]
+        ok_c = [colours[i] == keys[i][1] for i in idx]
+        result[name] = {"samples": len(idx), "shape": float(np.mean(ok_s)), "colour": float(np.mean(ok_c)),
+                        "both": float(np.mean([a and b for a, b in zip(ok_s, ok_c)]))}
+    if out_png is not None:
+        save_grid(samples, views * 6, out_png)
+        result["grid"] = str(out_png)
+
+    # 2. Camera following, per shape, with a seen colour.
+    tests = []  # (shape, elevation, azimuth, [alternative (el, az) that must match worse])
+    for s in world.SHAPES:
+        colour = next(c for c in world.COLOURS if (s, c) not in held_out)
+        for e in (10.0, 35.0):
+            for a in (0.0, 70.0, 140.0, 220.0, 290.0):
+                alts = [(e - 30, a), (e + 30, a)]
+                if s == "mug":
+                    alts += [(e, a + 90), (e, a + 180)]
+                if s == "cube":
+                    alts += [(e, a + 45)]
+                tests.append((s, colour, e, a, alts))
+    cams = make_cameras([t[2] for t in tests], [t[3] for t in tests], 2.8, 30.0, prior.resolution)
+    samples = _sample(prior, [world.prompt_for(t[0], t[1]) for t in tests], cams, guidance_scale, steps, g)
+    masks = sample_silhouette(samples)
+    counts = {"elevation": [0, 0], "mug_azimuth": [0, 0], "cube_azimuth": [0, 0]}
+    for k, (s, colour, e, a, alts) in enumerate(tests):
+        def score(el, azi):
+            c = make_cameras(el, azi, 2.8, 30.0, prior.resolution)
+            return iou(masks[k:k + 1], world.render([s], [colour], c).alpha)
+        own = score(e, a)
+        for el2, az2 in alts:
+            kind = "elevation" if el2 != e else f"{s}_azimuth"
+            counts[kind][0] += own > score(el2, az2)
+            counts[kind][1] += 1
+    result["camera"] = {k: round(v[0] / v[1], 4) for k, v in counts.items()}
+    total = [sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values())]
+    result["camera"]["all"] = round(total[0] / total[1], 4)
+    return result

@@ -1,0 +1,22 @@
+"""The one output type every renderer returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class RenderOutput:
+    """rgb [B, 3, H, W] composited over the background; alpha [B, 1, H, W] accumulated opacity;
+    depth [B, 1, H, W] expected camera-space depth of the visible surface (0 where empty);
+    normal [B, 3, H, W] world-space normals where the renderer has them, else None.
+    info: renderer-specific values that optimisers need (for Gaussians, gsplat's strategy info:
+    "means2d", "radii", "width", "height", "n_cameras", "gaussian_ids"); empty for others."""
+
+    rgb: Tensor
+    alpha: Tensor
+    depth: Tensor
+    normal: Tensor | None = None
+    info: dict = field(default_factory=dict)

@@ -1,0 +1,13 @@
+"""3D representations: name -> class. Each class has a nested ``Config`` dataclass, a
+``from_config(cfg, seed)`` constructor, and the calls the system makes: ``render(cameras,
+background, generator=None) -> RenderOutput``, ``optimizers()``, ``regularisers(out, step)``,
+``pre_backward(step, optimizers)``, ``post_step(step, out, optimizers)``, ``load_weights(state)``."""
+
+from threedgen.representations.gaussians import Gaussians
+from threedgen.representations.nerf import NeRF
+
+REPRESENTATIONS = {"gaussians": Gaussians, "nerf": NeRF}
+
+
+def build_representation(cfg, seed: int = 0):
+    return REPRESENTATIONS[cfg.name].from_config(cfg, seed=seed)
