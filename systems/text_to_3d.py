@@ -87,7 +87,7 @@ class TextTo3D(pl.LightningModule):
             o.step()
         self.representation.post_step(step, out, opts)
         self.step_count += 1
-        self.log_dict({"loss": guided.loss.detach(), "grad": guided.grad_norm,
+        self.log_dict({"grad": guided.grad_norm,
                        "t": guided.timesteps.float().mean() / self.prior.num_train_timesteps,
                        **{f"reg/{k}": v.detach() for k, v in regs.items()}}, prog_bar=False)
         self.log("loss", guided.loss.detach(), prog_bar=True)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
+from threedgen.config import Scheduled, value_at
 from threedgen.render.gaussians import render_gaussians
 from threedgen.render.types import RenderOutput
 
@@ -20,6 +23,28 @@ def _logit(p: Tensor) -> Tensor:
 
 
 class Gaussians(nn.Module):
+    @dataclass(frozen=True)
+    class Config:
+        name: Literal["gaussians"] = "gaussians"
+        n: int = 2000
+        init: Literal["ball", "sphere"] = "ball"
+        init_radius: float = 0.5
+        init_opacity: float = 0.5
+        lr_means: float = 0.003
+        lr_scales: float = 0.01
+        lr_quats: float = 0.003
+        lr_opacities: float = 0.05
+        lr_colors: float = 0.05
+        densify: bool = False  # gsplat's DefaultStrategy (clone/split/prune/opacity reset)
+        densify_until: int = 300
+        densify_every: int = 50
+        grow_grad2d: float = 0.0002
+        lambda_sparsity: Scheduled = 0.0  # mean rendered opacity
+
+        def __post_init__(self):
+            if self.n < 1 or self.init_radius <= 0 or not 0 < self.init_opacity < 1:
+                raise ValueError("n >= 1, init_radius > 0 and 0 < init_opacity < 1 are required")
+
     """N Gaussians. ``params`` (an nn.ParameterDict, what gsplat's DefaultStrategy edits) holds:
 
     means [N, 3]; scales [N, 3] log-scales; quats [N, 4] wxyz (unnormalised); opacities [N]
@@ -112,8 +137,61 @@ class Gaussians(nn.Module):
         c = self.params["colors"]
         return torch.sigmoid(c) if self.sh_degree == 0 else c
 
-    def render(self, cameras: Cameras, background: Tensor, backend: str = "auto") -> RenderOutput:
-        """Render into cameras over background [3]; see render_gaussians."""
+    # --- the system's calls ---
+    @classmethod
+    def from_config(cls, cfg: Config, seed: int = 0) -> Gaussians:
+        make = cls.from_random_ball if cfg.init == "ball" else cls.from_sphere
+        g = make(cfg.n, radius=cfg.init_radius, seed=seed)
+        with torch.no_grad():
+            g.params["opacities"].fill_(math.log(cfg.init_opacity / (1 - cfg.init_opacity)))
+        g.cfg = cfg
+        return g
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """One Adam per parameter, keyed like ``params`` (DefaultStrategy edits them in place)."""
+        if not hasattr(self, "_optimizers"):
+            c = self.cfg
+            lrs = {"means": c.lr_means, "scales": c.lr_scales, "quats": c.lr_quats,
+                   "opacities": c.lr_opacities, "colors": c.lr_colors}
+            self._optimizers = {k: torch.optim.Adam([self.params[k]], lr=lr, eps=1e-15) for k, lr in lrs.items()}
+        return self._optimizers
+
+    def _strategy(self):
+        if not hasattr(self, "_strategy_obj"):
+            from gsplat.strategy import DefaultStrategy
+
+            c = self.cfg
+            self._strategy_obj = DefaultStrategy(grow_grad2d=c.grow_grad2d, refine_start_iter=c.densify_every,
+                                                 refine_stop_iter=c.densify_until, refine_every=c.densify_every,
+                                                 reset_every=10**9, absgrad=False, verbose=False)
+            self._strategy_state = self._strategy_obj.initialize_state(scene_scale=1.0)
+        return self._strategy_obj, self._strategy_state
+
+    def regularisers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
+        w = value_at(self.cfg.lambda_sparsity, step)
+        return {"sparsity": w * out.alpha.mean()} if w > 0 else {}
+
+    def pre_backward(self, step: int, optimizers: dict) -> None:
+        pass
+
+    def post_step(self, step: int, out: RenderOutput, optimizers: dict) -> None:
+        if self.cfg.densify and step < self.cfg.densify_until:
+            strategy, state = self._strategy()
+            strategy.step_post_backward(self.params, optimizers, state, step, out.info, packed=False)
+
+    def load_weights(self, state: dict[str, Tensor]) -> None:
+        """Load a state dict, resizing the parameters first (densification changes N)."""
+        for k, v in state.items():
+            if k.startswith("params."):
+                self.params[k[len("params."):]] = nn.Parameter(torch.empty_like(v))
+        if hasattr(self, "_optimizers"):
+            del self._optimizers
+        self.load_state_dict(state)
+
+    def render(self, cameras: Cameras, background: Tensor, backend: str = "auto",
+               generator: torch.Generator | None = None) -> RenderOutput:
+        """Render into cameras over background [3]; see render_gaussians. (``generator`` is
+        accepted for the common interface: rasterization is deterministic.)"""
         return render_gaussians(self.means, self.quats, self.scales, self.opacities, self.colors,
                                 cameras.to(self.means.device), background,
                                 sh_degree=self.sh_degree or None, backend=backend)

@@ -1,0 +1,242 @@
+"""Gaussian splatting on CPU: the tiled torch rasterizer against the dense reference, basic
+geometry, gsplat's DefaultStrategy on CPU, and one CUDA parity test against gsplat's kernels."""
+
+import math
+
+import pytest
+import torch
+
+from threedgen.cameras import make_cameras, orbit
+from threedgen.render.gaussians import rasterize_dense, rasterize_torch, render_gaussians
+from threedgen.representations.gaussians import Gaussians
+
+DIST, FOV = 2.7, 40.0
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny workloads: a second intra-op thread gains nothing and stalls on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _scene(n=300, seed=0, sh_degree=None, n_cams=3, size=25, per_camera_colors=False):
+    """Random Gaussians (mixed sizes, anisotropy and opacities) seen by several cameras, with an
+    image size that is not a multiple of the tile size, plus: one behind camera 0, and a stack of
+    four very opaque ones at the origin, the first exactly on every optical axis (a pixel centre,
+    odd size), so that the 0.999 alpha clamp and the 1e-4 transmittance cut-off both happen."""
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=g) - 0.5) * 1.2
+    quats = torch.randn(n, 4, generator=g)
+    scales = torch.exp(torch.randn(n, 3, generator=g) * 0.5 - 3.0)
+    opacities = torch.sigmoid(torch.rand(n, generator=g) * 10 - 2)
+    cams = orbit(n_cams, 20.0, DIST, FOV, size)
+    means[0] = cams.c2w[0, :3, 3] * 1.2  # behind camera 0
+    means[1:5] = torch.arange(4.0)[:, None] * torch.tensor([0.011, 0.007, 0.013])
+    scales[1:5], opacities[1:5] = 0.2, 0.9999
+    C = n_cams if per_camera_colors else None
+    if sh_degree is None:
+        shape = (n, 3) if C is None else (C, n, 3)
+        colors = torch.rand(*shape, generator=g)
+    else:
+        shape = (n, (sh_degree + 1) ** 2, 3) if C is None else (C, n, (sh_degree + 1) ** 2, 3)
+        colors = torch.randn(*shape, generator=g) * 0.3
+    params = [t.clone().requires_grad_(True) for t in (means, quats, scales, opacities, colors)]
+    bg = torch.rand(n_cams, 3, generator=g)
+    return params, cams, bg
+
+
+def _run(fn, params, cams, bg, **kw):
+    means, quats, scales, opacities, colors = params
+    return fn(means, quats, scales, opacities, colors, cams.viewmats(), cams.intrinsics(),
+              cams.width, cams.height, backgrounds=bg, **kw)
+
+
+def _loss_grads(render, alphas, meta, params, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    w_r = torch.randn(render.shape, generator=g)
+    w_a = torch.randn(alphas.shape, generator=g)
+    loss = (render * w_r).sum() + (alphas * w_a).sum()
+    grads = torch.autograd.grad(loss, params + [meta["means2d"]], allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params + [meta["means2d"]], grads)]
+
+
+@pytest.mark.parametrize("tile_size,sh_degree,render_mode,per_camera_colors", [
+    (8, None, "RGB+ED", False),
+    (16, None, "RGB+D", False),
+    (4, 1, "RGB+ED", False),
+    (8, None, "RGB", True),
+    (8, None, "ED", False),
+])
+def test_tiled_matches_dense(tile_size, sh_degree, render_mode, per_camera_colors):
+    params, cams, bg = _scene(sh_degree=sh_degree, per_camera_colors=per_camera_colors)
+    if render_mode in ("D", "ED"):
+        bg = None
+    kw = dict(sh_degree=sh_degree, render_mode=render_mode, tile_size=tile_size)
+    rt, at, mt = _run(rasterize_torch, params, cams, bg, **kw)
+    rd, ad, md = _run(rasterize_dense, params, cams, bg, **kw)
+    C, H, W = len(cams), cams.height, cams.width
+    depth = 1 if render_mode != "RGB" else 0
+    channels = (0 if render_mode in ("D", "ED") else 3) + depth
+    assert rt.shape == rd.shape == (C, H, W, channels)
+    assert at.shape == (C, H, W, 1)
+    assert 0.2 < at.mean() < 0.95  # a scene with both covered and empty pixels
+    assert at.max() > 0.998  # and opaque ones
+    assert torch.equal(mt["radii"], md["radii"]) and mt["radii"].shape == (C, 300, 2)
+    torch.testing.assert_close(rt, rd, atol=3e-5, rtol=1e-4)
+    torch.testing.assert_close(at, ad, atol=3e-5, rtol=1e-4)
+    names = ["means", "quats", "scales", "opacities", "colors", "means2d"]
+    for name, gt, gd in zip(names, _loss_grads(rt, at, mt, params), _loss_grads(rd, ad, md, params)):
+        scale = gd.abs().max()
+        assert scale > 0 or (name == "colors" and render_mode == "ED"), name
+        assert (gt - gd).abs().max() <= 1e-4 * scale, name
+
+
+def test_single_gaussian_projects_to_centre_with_expected_falloff():
+    size, s, o = 32, 0.05, 0.8
+    cams = make_cameras(10.0, 30.0, DIST, FOV, size)
+    means = torch.zeros(1, 3)
+    quats = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    scales = torch.full((1, 3), s)
+    opac = torch.tensor([o])
+    colors = torch.tensor([[1.0, 0.5, 0.25]])
+    render, alphas, meta = rasterize_torch(means, quats, scales, opac, colors, cams.viewmats(),
+                                           cams.intrinsics(), size, size, tile_size=8)
+    torch.testing.assert_close(meta["means2d"][0, 0], torch.tensor([size / 2, size / 2]))
+    torch.testing.assert_close(meta["depths"][0, 0], torch.tensor(DIST))
+    # Isotropic at the optical axis: the 2D covariance is (f s / z)^2 I, plus eps2d = 0.3.
+    var = (float(cams.focal[0]) * s / DIST) ** 2 + 0.3
+    c = torch.arange(size) + 0.5 - size / 2
+    r2 = c[None, :] ** 2 + c[:, None] ** 2
+    expected = o * torch.exp(-0.5 * r2 / var)
+    expected = torch.where(expected >= 1 / 255, expected, torch.zeros_like(expected))
+    torch.testing.assert_close(alphas[0, ..., 0], expected, atol=1e-5, rtol=1e-4)
+    # Colour is the Gaussian's (no background given), depth is its depth wherever it shows.
+    shown = alphas[0, ..., 0] > 0
+    torch.testing.assert_close(render[0][shown][:, :3] / alphas[0][shown],
+                               colors.expand(int(shown.sum()), 3))
+    torch.testing.assert_close(render[0][shown][:, 3], torch.full((int(shown.sum()),), DIST))
+    assert not shown[0, 0] and shown[size // 2, size // 2]
+
+
+def test_gaussian_behind_camera_contributes_nothing():
+    cams = make_cameras(0.0, 0.0, DIST, FOV, 16)
+    eye = cams.c2w[0, :3, 3]
+    means = torch.stack([torch.zeros(3), eye * 1.5])  # the second one is behind the camera
+    quats = torch.tensor([[1.0, 0, 0, 0]]).repeat(2, 1)
+    scales = torch.full((2, 3), 0.3)
+    colors = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    bg = torch.tensor([[0.0, 0.0, 1.0]])
+    args = (quats, scales, torch.tensor([0.9, 0.9]), colors, cams.viewmats(), cams.intrinsics(),
+            16, 16)
+    both = rasterize_torch(means, *args, backgrounds=bg)
+    front = rasterize_torch(means[:1], quats[:1], scales[:1], torch.tensor([0.9]), colors[:1],
+                            *args[4:], backgrounds=bg)
+    assert both[2]["radii"][0, 1].tolist() == [0, 0] and (both[2]["radii"][0, 0] > 0).all()
+    torch.testing.assert_close(both[0], front[0])
+    torch.testing.assert_close(both[1], front[1])
+    # Only the one behind: nothing rendered, pure background, and backward still runs.
+    means_b = means[1:].clone().requires_grad_(True)
+    render, alphas, _ = rasterize_torch(means_b, quats[1:], scales[1:], torch.tensor([0.9]),
+                                        colors[1:], *args[4:], backgrounds=bg)
+    assert alphas.abs().max() == 0
+    torch.testing.assert_close(render[..., :3], bg.view(1, 1, 1, 3).expand(1, 16, 16, 3))
+    render.sum().backward()
+    assert means_b.grad is not None and means_b.grad.abs().max() == 0
+
+
+def test_background_shows_where_alpha_is_zero():
+    g = Gaussians.from_sphere(200, radius=0.4, color=(0.9, 0.2, 0.1), seed=3)
+    cams = orbit(2, 15.0, DIST, FOV, 32)
+    bg = torch.tensor([0.1, 0.7, 0.3])
+    out = g.render(cams, bg, backend="torch")
+    assert out.rgb.shape == (2, 3, 32, 32) and out.alpha.shape == out.depth.shape == (2, 1, 32, 32)
+    assert out.normal is None
+    empty = out.alpha[:, 0] == 0
+    assert empty.any() and (~empty).any()
+    torch.testing.assert_close(out.rgb.permute(0, 2, 3, 1)[empty], bg.expand(int(empty.sum()), 3))
+    assert (out.depth[:, 0][empty] == 0).all()
+    covered = out.alpha[:, 0] > 0.5
+    depth = out.depth[:, 0][covered]
+    assert ((depth > DIST - 0.6) & (depth < DIST + 0.6)).all()
+    # Same through the dense backend.
+    dense = g.render(cams, bg, backend="dense")
+    torch.testing.assert_close(out.rgb, dense.rgb, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError):
+        g.render(cams, bg, backend="nope")
+
+
+def test_means2d_grad_and_default_strategy_densifies_on_cpu():
+    from gsplat.strategy import DefaultStrategy
+
+    g = Gaussians.from_random_ball(300, radius=0.5, seed=0)
+    with torch.no_grad():
+        g.params["scales"][:150] -= 3.0  # small ones get duplicated, large ones split
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in g.params.items()}
+    strategy = DefaultStrategy(refine_start_iter=0, refine_every=1, grow_grad2d=1e-9,
+                               grow_scale3d=0.01, prune_opa=0.0)
+    strategy.check_sanity(g.params, optimizers)
+    state = strategy.initialize_state(scene_scale=1.0)
+    cams = orbit(2, 15.0, DIST, FOV, 24)
+    target = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
+    n_before = len(g)
+    out = g.render(cams, torch.ones(3), backend="torch")
+    info = out.info
+    for key in ("means2d", "radii", "width", "height", "n_cameras", "gaussian_ids"):
+        assert key in info
+    assert info["radii"].shape == (2, n_before, 2) and info["gaussian_ids"] is None
+    strategy.step_pre_backward(g.params, optimizers, state, 1, info)
+    ((out.rgb - target) ** 2).mean().backward()
+    grad2d = info["means2d"].grad
+    assert grad2d is not None and grad2d.shape == (2, n_before, 2) and grad2d.abs().max() > 0
+    for opt in optimizers.values():
+        opt.step()
+    strategy.step_post_backward(g.params, optimizers, state, 1, info)
+    assert len(g) > n_before
+    assert all(p.shape[0] == len(g) for p in g.params.values())
+    # The edited parameters still render and train.
+    out = g.render(cams, torch.ones(3), backend="torch")
+    out.rgb.mean().backward()
+    assert g.params["means"].grad.shape == (len(g), 3)
+
+
+def test_constructors_are_deterministic_and_shaped():
+    a, b = Gaussians.from_random_ball(50, 0.5, seed=7), Gaussians.from_random_ball(50, 0.5, seed=7)
+    c = Gaussians.from_random_ball(50, 0.5, seed=8)
+    assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    assert not torch.equal(a.params["means"], c.params["means"])
+    s = Gaussians.from_sphere(40, radius=0.3, color=(1.0, 0.0, 0.0), seed=1)
+    torch.testing.assert_close(s.means.norm(dim=-1), torch.full((40,), 0.3))
+    assert torch.allclose(s.colors[:, 0], torch.full((40,), 1.0), atol=1e-3)
+    p = Gaussians.from_points(torch.rand(10, 3), torch.rand(10, 3), sh_degree=1)
+    assert p.params["colors"].shape == (10, 4, 3) and p.sh_degree == 1
+    out = p.render(orbit(1, 0.0, DIST, FOV, 16), torch.zeros(3))
+    assert out.rgb.shape == (1, 3, 16, 16)
+    assert {k for k in a.params} == {"means", "scales", "quats", "opacities", "colors"}
+    assert math.isclose(float(a.opacities.detach().mean()), 0.1, rel_tol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gsplat_cuda_matches_torch():
+    from gsplat import rasterization
+
+    params, cams, bg = _scene(n=500, size=32)
+    params = [p.detach().cuda().requires_grad_(True) for p in params]
+    cams, bg = cams.to("cuda"), bg.cuda()
+    means, quats, scales, opacities, colors = params
+    rg, ag, mg = rasterization(means, quats, scales, opacities, colors, cams.viewmats(),
+                               cams.intrinsics(), 32, 32, backgrounds=bg, packed=False,
+                               render_mode="RGB+ED")
+    mg["means2d"].retain_grad()
+    rt, at, mt = _run(rasterize_torch, params, cams, bg, render_mode="RGB+ED")
+    assert torch.equal(mg["radii"], mt["radii"])
+    torch.testing.assert_close(rt, rg, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(at, ag, atol=1e-4, rtol=1e-3)
+    for gt, gg in zip(_loss_grads(rt, at, mt, params), _loss_grads(rg, ag, mg, params)):
+        assert (gt - gg).abs().max() <= 2e-3 * gg.abs().max().clamp_min(1e-6)
+    # render_gaussians picks gsplat on CUDA.
+    out = render_gaussians(means, quats, scales, opacities, colors[:, :3], cams, bg[0])
+    assert out.rgb.is_cuda and out.info["radii"].shape == (3, 500, 2)
