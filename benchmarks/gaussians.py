@@ -1,7 +1,11 @@
-"""Forward+backward timing of the pure-torch Gaussian rasterizers (tiled vs dense reference).
+"""Forward+backward timing of the pure-torch Gaussian rasterizers: tiled vs the dense reference.
 
-    python -m benchmarks.gaussians            # the table: 1k/5k/20k Gaussians at 64 and 128 px
-    python -m benchmarks.gaussians --quick    # small cases only
+    python -m benchmarks.gaussians               # 1k/5k/20k Gaussians at 64 and 128 px
+    python -m benchmarks.gaussians --quick       # 1k/5k at 32 and 64 px
+    python -m benchmarks.gaussians --no-dense    # tiled only (the dense 20k/128 case takes minutes)
+
+The scene is a ball of random Gaussians (radius 0.5, opacity 0.5) seen by 4 cameras on an orbit,
+as early in a text-to-3D run. Times are wall-clock medians on the current torch thread count.
 """
 
 from __future__ import annotations
@@ -13,27 +17,25 @@ import time
 import torch
 
 from threedgen.cameras import orbit
-from threedgen.render.gaussians import rasterize_dense, rasterize_torch
+from threedgen.render.gaussians import CPU_TILE_SIZE, rasterize_dense, rasterize_torch
 from threedgen.representations.gaussians import Gaussians
 
 
 def _scene(n_gaussians: int, size: int, n_cameras: int, seed: int = 0):
-    """A random ball of Gaussians (radius 0.5, opacity 0.5) seen from an orbit at distance 2.7."""
     g = Gaussians.from_random_ball(n_gaussians, radius=0.5, seed=seed)
     with torch.no_grad():
         g.params["opacities"].fill_(0.0)  # sigmoid(0) = 0.5
-    cams = orbit(n_cameras, 15.0, 2.7, 40.0, size)
-    return g, cams
+    return g, orbit(n_cameras, 15.0, 2.7, 40.0, size)
 
 
-def _time(fn, g, cams, repeats: int) -> float:
+def _time(fn, g, cams, repeats: int, **kwargs) -> float:
     viewmats, Ks = cams.viewmats(), cams.intrinsics()
     bg = torch.ones(len(cams), 3)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         render, alphas, _ = fn(g.means, g.quats, g.scales, g.opacities, g.colors, viewmats, Ks,
-                               cams.width, cams.height, backgrounds=bg)
+                               cams.width, cams.height, backgrounds=bg, **kwargs)
         (render.mean() + alphas.mean()).backward()
         times.append(time.perf_counter() - t0)
         g.zero_grad(set_to_none=True)
@@ -41,34 +43,38 @@ def _time(fn, g, cams, repeats: int) -> float:
 
 
 def bench_rasterizer(n_gaussians: int, size: int, n_cameras: int = 4, repeats: int = 3,
-                     dense: bool = True) -> dict:
-    """Median forward+backward seconds of rasterize_torch ("tiled") and rasterize_dense
-    ("dense", None when dense=False) on a random ball of n_gaussians, size x size, n_cameras.
-    One untimed warm-up run precedes each."""
+                     dense: bool = True, tile_size: int = CPU_TILE_SIZE) -> dict:
+    """Median forward+backward seconds of rasterize_torch ("tiled", at tile_size) and
+    rasterize_dense ("dense"; None when dense=False) for n_gaussians into n_cameras views of
+    size x size, after one untimed warm-up run each. Also returns "speedup" (dense / tiled)."""
     g, cams = _scene(n_gaussians, size, n_cameras)
-    result = {"n_gaussians": n_gaussians, "size": size, "n_cameras": n_cameras}
-    for name, fn, on in (("tiled", rasterize_torch, True), ("dense", rasterize_dense, dense)):
-        if not on:
-            result[name] = None
-            continue
-        _time(fn, g, cams, 1)
-        result[name] = _time(fn, g, cams, repeats)
-    result["speedup"] = (result["dense"] / result["tiled"]) if result["dense"] else None
+    result = {"n_gaussians": n_gaussians, "size": size, "n_cameras": n_cameras,
+              "tile_size": tile_size}
+    _time(rasterize_torch, g, cams, 1, tile_size=tile_size)
+    result["tiled"] = _time(rasterize_torch, g, cams, repeats, tile_size=tile_size)
+    result["dense"] = None
+    if dense:
+        _time(rasterize_dense, g, cams, 1)
+        result["dense"] = _time(rasterize_dense, g, cams, repeats)
+    result["speedup"] = result["dense"] / result["tiled"] if result["dense"] else None
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1k/5k at 32 and 64 only")
+    parser.add_argument("--quick", action="store_true", help="1k/5k at 32 and 64 px only")
     parser.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tile-size", type=int, default=CPU_TILE_SIZE)
     args = parser.parse_args()
     cases = ([(n, s) for s in (32, 64) for n in (1000, 5000)] if args.quick
              else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 4 cameras, fwd+bwd")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 4 cameras, "
+          f"forward+backward, tile {args.tile_size}")
     print(f"{'gaussians':>10} {'size':>5} {'tiled ms':>10} {'dense ms':>10} {'speedup':>8}")
     for n, s in cases:
-        r = bench_rasterizer(n, s, repeats=args.repeats, dense=not args.no_dense)
+        r = bench_rasterizer(n, s, repeats=args.repeats, dense=not args.no_dense,
+                             tile_size=args.tile_size)
         dense = f"{1e3 * r['dense']:10.1f}" if r["dense"] else f"{'-':>10}"
         speed = f"{r['speedup']:7.1f}x" if r["speedup"] else f"{'-':>8}"
         print(f"{n:>10} {s:>5} {1e3 * r['tiled']:10.1f} {dense} {speed}", flush=True)

@@ -154,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded prior never needs the network
     args = parser().parse_args(argv)
+    import diffusers
+    import transformers
+
+    transformers.logging.disable_progress_bar()  # "Loading weights" bars on every prior load
+    diffusers.utils.logging.disable_progress_bar()
     try:
         return args.func(args)
     except _user_errors() as e:

@@ -493,12 +493,13 @@ def rasterize_dense(
     tile_size: int = 16,
     eps2d: float = 0.3,
     render_mode: str = "RGB+ED",
-    pixel_chunk: int = 1024,
+    pixel_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
     """All-pixels reference for ``rasterize_torch`` (same arguments and outputs): every Gaussian
     is evaluated at every pixel (culled ones get zero opacity), no tiles, plain autograd. Pixels
-    are processed in chunks of ``pixel_chunk`` under activation checkpointing, to bound memory.
-    ``tile_size`` only sets meta's tile fields."""
+    are processed in chunks of ``pixel_chunk`` (default: about 4M Gaussian-pixel pairs per
+    chunk) under activation checkpointing, to bound memory. ``tile_size`` only sets meta's tile
+    fields."""
     assert render_mode in RENDER_MODES, render_mode
     N, C = means.shape[0], viewmats.shape[0]
     _check_colors(colors, N, C, sh_degree)
@@ -523,6 +524,7 @@ def rasterize_dense(
     i, j = torch.meshgrid(torch.arange(height, device=device, dtype=dtype) + 0.5,
                           torch.arange(width, device=device, dtype=dtype) + 0.5, indexing="ij")
     py, px = i.reshape(-1), j.reshape(-1)
+    pixel_chunk = pixel_chunk or max(1, (1 << 22) // max(C * N, 1))
     chunks = []
     for s in range(0, px.numel(), pixel_chunk):
         args = (px[s:s + pixel_chunk], py[s:s + pixel_chunk], mx, my, conic, opac, feats)
