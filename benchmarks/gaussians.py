@@ -3,6 +3,7 @@
     python -m benchmarks.gaussians               # 1k/5k/20k Gaussians at 64 and 128 px
     python -m benchmarks.gaussians --quick       # 1k/5k at 32 and 64 px
     python -m benchmarks.gaussians --no-dense    # tiled only (the dense 20k/128 case takes minutes)
+    python -m benchmarks.gaussians --threads 1   # on a machine whose cores are busy elsewhere
 
 The scene is a ball of random Gaussians (radius 0.5, opacity 0.5) seen by 4 cameras on an orbit,
 as early in a text-to-3D run. Times are wall-clock medians on the current torch thread count.
@@ -66,7 +67,11 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true", help="skip the dense reference")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--tile-size", type=int, default=CPU_TILE_SIZE)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (1 is best when other jobs load the cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cases = ([(n, s) for s in (32, 64) for n in (1000, 5000)] if args.quick
              else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 4 cameras, "

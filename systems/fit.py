@@ -53,7 +53,7 @@ def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None) -> dict:
     trainer = pl.Trainer(
         accelerator="auto", devices=1, max_epochs=1, logger=CSVLogger(run_dir, name="logs", version=""),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=10, callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every),
+        log_every_n_steps=min(10, cfg.trainer.max_steps), callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every),
                                          TQDMProgressBar(refresh_rate=10)])
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # after import: it resets it
     # One item per step; the module ends the epoch itself once its saved step count is reached.

@@ -263,7 +263,7 @@ class _CompositeTiles(torch.autograd.Function):
     tile's pixel basis (``alpha_raw = exp(-s)``, ``s = basis @ coef``); row I is padding (alpha 0).
     feats [I + 1, D]. basis [P, 6]. starts, counts [T] (long): each tile's range of rows.
     block: Gaussians composited per step.
-    Returns [T, P, D + 1]: composited features and, last, the accumulated alpha.
+    Returns [T, D + 1, P]: composited features and, last, the accumulated alpha.
 
     Gaussians are taken ``block`` at a time per tile, carrying each pixel's transmittance; a tile
     leaves the batch once all its pixels are done (transmittance <= 1e-4) or its list is
@@ -282,7 +282,7 @@ class _CompositeTiles(torch.autograd.Function):
         dev, dt = coef.device, coef.dtype
         feats1 = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=-1)  # [I + 1, D + 1]
         coef_neg = coef.neg()
-        out = torch.zeros(T, P, D1, dtype=dt, device=dev)
+        out = torch.zeros(T, D1, P, dtype=dt, device=dev)
         carry = torch.ones(P, T, dtype=dt, device=dev)  # transmittance so far
         active = torch.arange(T, device=dev)[counts > 0]
         K = int(counts.max()) if T else 0
@@ -313,7 +313,8 @@ class _CompositeTiles(torch.autograd.Function):
             carry.index_copy_(1, active, after)
             trans = trans_ext[..., :kb]
             f = feats1.index_select(0, flat_rows).view(A, kb, D1)
-            out.index_add_(0, active, torch.bmm((alpha * trans).transpose(0, 1), f))
+            # [A, D + 1, P]: this orientation of the small GEMMs is ~4x faster than [A, P, D + 1].
+            out.index_add_(0, active, torch.bmm(f.transpose(1, 2), (alpha * trans).permute(1, 2, 0)))
             blocks.append((active, flat_rows, alpha, trans, f, clamped))
             live = (after > 0).any(dim=0) & (counts[active] > k0 + kb)
             active = active[live]
@@ -325,7 +326,7 @@ class _CompositeTiles(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         (basis,) = ctx.saved_tensors
-        T, P, D1 = grad_out.shape
+        T, D1, P = grad_out.shape
         dev, dt = basis.device, basis.dtype
         grad_out = grad_out.contiguous()
         grad_coef = torch.zeros(ctx.rows, 6, dtype=dt, device=dev)
@@ -333,10 +334,12 @@ class _CompositeTiles(torch.autograd.Function):
         later = torch.zeros(P, T, dtype=dt, device=dev)  # sum over later blocks of v w
         for active, rows, alpha, trans, f, clamped in reversed(ctx.blocks):
             A, kb = f.shape[:2]
-            g = grad_out.index_select(0, active)  # [A, P, D + 1]
-            v = torch.bmm(g, f.transpose(1, 2)).transpose(0, 1).contiguous()  # dL/dw [P, A, kb]
+            g = grad_out.index_select(0, active)  # [A, D + 1, P]
+            v = torch.bmm(g.transpose(1, 2), f.transpose(1, 2))  # dL/dw [A, P, kb]
+            v = v.transpose(0, 1).contiguous()  # [P, A, kb]
             weights = alpha * trans
-            grad_feats.index_add_(0, rows, torch.bmm(weights.permute(1, 2, 0), g).view(-1, D1))
+            grad_f = torch.bmm(g, weights.transpose(0, 1))  # [A, D + 1, kb]
+            grad_feats.index_add_(0, rows, grad_f.transpose(1, 2).reshape(-1, D1))
             suffix = weights.mul_(v).cumsum_(dim=2)
             total = suffix[..., -1].clone()  # [P, A]
             suffix.neg_().add_((total + later.index_select(1, active))[..., None])  # j > k
@@ -445,8 +448,8 @@ def rasterize_torch(
         tiles_out = torch.cat(outs, dim=0)[inverse]
     if M == 0 and means2d.requires_grad:
         tiles_out = tiles_out + 0.0 * means2d.sum()  # keep the graph connected: nothing visible
-    img = tiles_out.reshape(C, th, tw, tile_size, tile_size, D + 1)
-    img = img.permute(0, 1, 3, 2, 4, 5).reshape(C, th * tile_size, tw * tile_size, D + 1)
+    img = tiles_out.reshape(C, th, tw, D + 1, tile_size, tile_size)
+    img = img.permute(0, 1, 4, 2, 5, 3).reshape(C, th * tile_size, tw * tile_size, D + 1)
     img = img[:, :height, :width]
     render, render_alphas = img[..., :D], img[..., D:]
     render = _finish(render, render_alphas, backgrounds, render_mode)
