@@ -29,34 +29,38 @@ def _scene(n_gaussians: int, size: int, n_cameras: int, seed: int = 0):
     return g, orbit(n_cameras, 15.0, 2.7, 40.0, size)
 
 
-def _time(fn, g, cams, repeats: int, **kwargs) -> float:
+def _time(fn, g, cams, repeats: int, **kwargs) -> tuple[float, float]:
+    """Median (wall seconds, process CPU seconds) of forward+backward."""
     viewmats, Ks = cams.viewmats(), cams.intrinsics()
     bg = torch.ones(len(cams), 3)
-    times = []
+    walls, cpus = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         render, alphas, _ = fn(g.means, g.quats, g.scales, g.opacities, g.colors, viewmats, Ks,
                                cams.width, cams.height, backgrounds=bg, **kwargs)
         (render.mean() + alphas.mean()).backward()
-        times.append(time.perf_counter() - t0)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
         g.zero_grad(set_to_none=True)
-    return statistics.median(times)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def bench_rasterizer(n_gaussians: int, size: int, n_cameras: int = 4, repeats: int = 3,
                      dense: bool = True, tile_size: int = CPU_TILE_SIZE) -> dict:
-    """Median forward+backward seconds of rasterize_torch ("tiled", at tile_size) and
+    """Median forward+backward wall seconds of rasterize_torch ("tiled", at tile_size) and
     rasterize_dense ("dense"; None when dense=False) for n_gaussians into n_cameras views of
-    size x size, after one untimed warm-up run each. Also returns "speedup" (dense / tiled)."""
+    size x size, after one untimed warm-up run each; "speedup" is dense / tiled. "tiled_cpu" and
+    "dense_cpu" are the process CPU seconds (with one thread, the work itself: steadier than
+    wall time when other jobs share the cores)."""
     g, cams = _scene(n_gaussians, size, n_cameras)
     result = {"n_gaussians": n_gaussians, "size": size, "n_cameras": n_cameras,
-              "tile_size": tile_size}
+              "tile_size": tile_size, "dense": None, "dense_cpu": None}
     _time(rasterize_torch, g, cams, 1, tile_size=tile_size)
-    result["tiled"] = _time(rasterize_torch, g, cams, repeats, tile_size=tile_size)
-    result["dense"] = None
+    result["tiled"], result["tiled_cpu"] = _time(rasterize_torch, g, cams, repeats,
+                                                 tile_size=tile_size)
     if dense:
         _time(rasterize_dense, g, cams, 1)
-        result["dense"] = _time(rasterize_dense, g, cams, repeats)
+        result["dense"], result["dense_cpu"] = _time(rasterize_dense, g, cams, repeats)
     result["speedup"] = result["dense"] / result["tiled"] if result["dense"] else None
     return result
 
@@ -76,13 +80,15 @@ def main() -> None:
              else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)])
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, 4 cameras, "
           f"forward+backward, tile {args.tile_size}")
-    print(f"{'gaussians':>10} {'size':>5} {'tiled ms':>10} {'dense ms':>10} {'speedup':>8}")
+    print(f"{'gaussians':>10} {'size':>5} {'tiled ms':>10} {'(cpu ms)':>10} {'dense ms':>10} "
+          f"{'(cpu ms)':>10} {'speedup':>8}")
+    ms = lambda v: f"{1e3 * v:10.1f}" if v else f"{'-':>10}"  # noqa: E731
     for n, s in cases:
         r = bench_rasterizer(n, s, repeats=args.repeats, dense=not args.no_dense,
                              tile_size=args.tile_size)
-        dense = f"{1e3 * r['dense']:10.1f}" if r["dense"] else f"{'-':>10}"
         speed = f"{r['speedup']:7.1f}x" if r["speedup"] else f"{'-':>8}"
-        print(f"{n:>10} {s:>5} {1e3 * r['tiled']:10.1f} {dense} {speed}", flush=True)
+        print(f"{n:>10} {s:>5} {ms(r['tiled'])} {ms(r['tiled_cpu'])} {ms(r['dense'])} "
+              f"{ms(r['dense_cpu'])} {speed}", flush=True)
 
 
 if __name__ == "__main__":

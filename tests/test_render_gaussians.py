@@ -59,8 +59,9 @@ def _loss_grads(render, alphas, meta, params, seed=1):
     w_r = torch.randn(render.shape, generator=g)
     w_a = torch.randn(alphas.shape, generator=g)
     loss = (render * w_r).sum() + (alphas * w_a).sum()
-    grads = torch.autograd.grad(loss, params + [meta["means2d"]], allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params + [meta["means2d"]], grads)]
+    inputs = params + [meta["means2d"]]
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(inputs, grads)]
 
 
 @pytest.mark.parametrize("tile_size,sh_degree,render_mode,per_camera_colors", [
@@ -90,7 +91,8 @@ def test_tiled_matches_dense(tile_size, sh_degree, render_mode, per_camera_color
     # Gradients agree to ~1e-5 of their scale; the slack covers the odd pixel where float
     # rounding flips a hard threshold (alpha >= 1/255, transmittance > 1e-4) between the two.
     names = ["means", "quats", "scales", "opacities", "colors", "means2d"]
-    for name, gt, gd in zip(names, _loss_grads(rt, at, mt, params), _loss_grads(rd, ad, md, params)):
+    grads_t, grads_d = _loss_grads(rt, at, mt, params), _loss_grads(rd, ad, md, params)
+    for name, gt, gd in zip(names, grads_t, grads_d):
         scale = gd.abs().max()
         assert scale > 0 or (name == "colors" and render_mode == "ED"), name
         assert (gt - gd).abs().max() <= 5e-4 * scale, name

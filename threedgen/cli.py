@@ -49,7 +49,7 @@ def cmd_fit(args) -> int:
     prior.check_prompt(cfg.negative_prompt)
     if not args.resume:
         run = runs.create_run_dir(cfg)
-        runs.save_config(run, cfg, ["threedgen", *sys.argv[1:]])
+        runs.save_config(run, cfg, ["threedgen", *args.argv])
     from systems.fit import fit
 
     metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt)
@@ -153,7 +153,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded prior never needs the network
+    argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    args.argv = argv
     import diffusers
     import transformers
 

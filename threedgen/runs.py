@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import tempfile
 import time
 from pathlib import Path
@@ -66,7 +67,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 
 def save_config(run: Path, cfg: C.RunConfig, argv: list[str]) -> None:
     atomic_write(run / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(C.to_dict(cfg))), sort_keys=False))
-    atomic_write(run / "cmd.txt", " ".join(argv) + "\n")
+    atomic_write(run / "cmd.txt", shlex.join(argv) + "\n")  # replayable in a shell
 
 
 def load_run_config(run: Path) -> C.RunConfig:

@@ -188,24 +188,23 @@ def _quadratic_coefficients(mx, my, conic, log_opac):
 
 @torch.no_grad()
 def _min_sigma_in_box(mx, my, a, b, c, x0, x1, y0, y1):
-    """Minimum over the box [x0, x1] x [y0, y1] of sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2
-    (a convex quadratic: 0 if the centre is inside, else the minimum over the four edges).
-    All arguments have the same shape."""
+    """Minimum over the box [x0, x1] x [y0, y1] of sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2,
+    with dx = x - mx, dy = y - my (a convex quadratic). All arguments have the same shape.
 
-    def sigma(dx, dy):
-        return 0.5 * a * dx * dx + b * dx * dy + 0.5 * c * dy * dy
-
+    The minimiser lies on an edge that faces the centre (KKT: on an edge whose outward normal
+    points away from the centre the gradient would push inwards). The two candidates: the line
+    x = clamp(mx, x0, x1) minimised over y in the box, and the line y = clamp(my, y0, y1)
+    minimised over x; both are points of the box, and the facing edges are among them (a centre
+    inside the box gives 0)."""
     lo_x, hi_x, lo_y, hi_y = x0 - mx, x1 - mx, y0 - my, y1 - my
-    best = None
-    for dx in (lo_x, hi_x):  # vertical edges: minimise over dy
-        dy = torch.minimum(torch.maximum(-b * dx / c, lo_y), hi_y)
-        s = sigma(dx, dy)
-        best = s if best is None else torch.minimum(best, s)
-    for dy in (lo_y, hi_y):  # horizontal edges: minimise over dx
-        dx = torch.minimum(torch.maximum(-b * dy / a, lo_x), hi_x)
-        best = torch.minimum(best, sigma(dx, dy))
-    inside = (lo_x <= 0) & (hi_x >= 0) & (lo_y <= 0) & (hi_y >= 0)
-    return best.masked_fill(inside, 0.0)
+    dx = torch.clamp(torch.zeros_like(lo_x), lo_x, hi_x)
+    dy = torch.clamp(torch.zeros_like(lo_y), lo_y, hi_y)
+    # Along x = mx + dx: the best dy is -b dx / c (clamped); along y = my + dy: -b dy / a.
+    dy1 = torch.clamp(b * dx / c, -hi_y, -lo_y).neg_()
+    dx2 = torch.clamp(b * dy / a, -hi_x, -lo_x).neg_()
+    two_sigma1 = dx * (a * dx + 2 * b * dy1) + c * dy1 * dy1
+    two_sigma2 = dy * (c * dy + 2 * b * dx2) + a * dx2 * dx2
+    return 0.5 * torch.minimum(two_sigma1, two_sigma2)
 
 
 @torch.no_grad()
@@ -250,7 +249,8 @@ def _intersect(cam_ids, means2d, radii, depths, conics, opacities, width, height
     hit = (min_sigma <= reach * (1 + 1e-4) + 1e-4).nonzero().squeeze(1)
     slot = slot.index_select(0, hit)
     tile = (cam_off + ty * tile_width + tx).index_select(0, hit)
-    tile, order = torch.sort(tile, stable=True)
+    tile, order = torch.sort(tile.int(), stable=True)  # int32: a much faster (radix) sort
+    tile = tile.long()
     entry = by_depth.index_select(0, slot.index_select(0, order))
     per_pair = torch.bincount(entry, minlength=M)
     return entry, tile, per_pair
@@ -314,7 +314,8 @@ class _CompositeTiles(torch.autograd.Function):
             trans = trans_ext[..., :kb]
             f = feats1.index_select(0, flat_rows).view(A, kb, D1)
             # [A, D + 1, P]: this orientation of the small GEMMs is ~4x faster than [A, P, D + 1].
-            out.index_add_(0, active, torch.bmm(f.transpose(1, 2), (alpha * trans).permute(1, 2, 0)))
+            weights = (alpha * trans).permute(1, 2, 0)  # [A, kb, P]
+            out.index_add_(0, active, torch.bmm(f.transpose(1, 2), weights))
             blocks.append((active, flat_rows, alpha, trans, f, clamped))
             live = (after > 0).any(dim=0) & (counts[active] > k0 + kb)
             active = active[live]
@@ -501,7 +502,7 @@ def rasterize_dense(
     """All-pixels reference for ``rasterize_torch`` (same arguments and outputs): every Gaussian
     is evaluated at every pixel (culled ones get zero opacity), no tiles, plain autograd. Pixels
     are processed in chunks of ``pixel_chunk`` (default: about 4M Gaussian-pixel pairs per
-    chunk) under activation checkpointing, to bound memory. ``tile_size`` only sets meta's tile
+    chunk), under activation checkpointing when there are more than 16M pairs, to bound memory. ``tile_size`` only sets meta's tile
     fields."""
     assert render_mode in RENDER_MODES, render_mode
     N, C = means.shape[0], viewmats.shape[0]
@@ -518,7 +519,9 @@ def rasterize_dense(
     D = feats.shape[-1]
     # Sort by depth per camera; culled Gaussians get opacity 0 (and finite stand-in values).
     order = torch.argsort(depths.detach(), dim=1)
-    take = lambda t: torch.gather(t, 1, order.view(C, N, *([1] * (t.dim() - 2))).expand_as(t))  # noqa: E731
+    def take(t):
+        return torch.gather(t, 1, order.view(C, N, *([1] * (t.dim() - 2))).expand_as(t))
+
     vis = take(visible)
     mx, my = take(means2d[..., 0]), take(means2d[..., 1])
     conic = take(conics)
@@ -528,10 +531,12 @@ def rasterize_dense(
                           torch.arange(width, device=device, dtype=dtype) + 0.5, indexing="ij")
     py, px = i.reshape(-1), j.reshape(-1)
     pixel_chunk = pixel_chunk or max(1, (1 << 22) // max(C * N, 1))
+    # Checkpoint only big problems: its first use costs seconds (it imports torch's compiler).
+    checkpointed = torch.is_grad_enabled() and C * N * height * width > (1 << 24)
     chunks = []
     for s in range(0, px.numel(), pixel_chunk):
         args = (px[s:s + pixel_chunk], py[s:s + pixel_chunk], mx, my, conic, opac, feats)
-        if torch.is_grad_enabled():
+        if checkpointed:
             chunks.append(torch.utils.checkpoint.checkpoint(_composite_dense, *args,
                                                             use_reentrant=False))
         else:
