@@ -61,5 +61,6 @@ def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None) -> dict:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended.*")
+        warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen prior
         trainer.fit(module, steps, ckpt_path=ckpt_path)
     return module.finish()

@@ -231,16 +231,27 @@ def test_gsplat_cuda_matches_torch():
     params = [p.detach().cuda().requires_grad_(True) for p in params]
     cams, bg = cams.to("cuda"), bg.cuda()
     means, quats, scales, opacities, colors = params
-    rg, ag, mg = rasterization(means, quats, scales, opacities, colors, cams.viewmats(),
-                               cams.intrinsics(), 32, 32, backgrounds=bg, packed=False,
-                               render_mode="RGB+ED")
-    mg["means2d"].retain_grad()
-    rt, at, mt = _run(rasterize_torch, params, cams, bg, render_mode="RGB+ED")
-    assert torch.equal(mg["radii"], mt["radii"])
-    torch.testing.assert_close(rt, rg, atol=1e-4, rtol=1e-3)
+
+    def both(render_mode):
+        g = rasterization(means, quats, scales, opacities, colors, cams.viewmats(),
+                          cams.intrinsics(), 32, 32, backgrounds=bg, packed=False,
+                          render_mode=render_mode)
+        t = _run(rasterize_torch, params, cams, bg, render_mode=render_mode, tile_size=8)
+        return g, t
+
+    (rg, ag, mg), (rt, at, mt) = both("RGB+ED")
+    # Radii may differ where float rounding meets a ceil(); allow a handful.
+    assert (mg["radii"] != mt["radii"]).any(dim=-1).float().mean() < 0.005
+    torch.testing.assert_close(rt[..., :3], rg[..., :3], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(at, ag, atol=1e-4, rtol=1e-3)
+    # Expected depth divides by alpha: compare it where both are clearly covered.
+    covered = (at[..., 0] > 0.05) & (ag[..., 0] > 0.05)
+    torch.testing.assert_close(rt[..., 3][covered], rg[..., 3][covered], atol=1e-3, rtol=1e-3)
+    # Gradients through colour, alpha and accumulated depth (no 1/alpha amplification).
+    (rg, ag, mg), (rt, at, mt) = both("RGB+D")
     for gt, gg in zip(_loss_grads(rt, at, mt, params), _loss_grads(rg, ag, mg, params)):
         assert (gt - gg).abs().max() <= 2e-3 * gg.abs().max().clamp_min(1e-6)
     # render_gaussians picks gsplat on CUDA.
-    out = render_gaussians(means, quats, scales, opacities, colors[:, :3], cams, bg[0])
+    out = render_gaussians(means, quats, scales, opacities, colors, cams, bg[0])
     assert out.rgb.is_cuda and out.info["radii"].shape == (3, 500, 2)
+    assert out.rgb.shape == (3, 3, 32, 32) and out.depth.shape == (3, 1, 32, 32)

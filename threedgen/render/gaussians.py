@@ -332,6 +332,7 @@ class _CompositeTiles(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_coef = torch.zeros(ctx.rows, 6, dtype=dt, device=dev)
         grad_feats = torch.zeros(ctx.rows, D1, dtype=dt, device=dev)
+        basis_t = basis.t().contiguous()  # [6, P]
         later = torch.zeros(P, T, dtype=dt, device=dev)  # sum over later blocks of v w
         for active, rows, alpha, trans, f, clamped in reversed(ctx.blocks):
             A, kb = f.shape[:2]
@@ -350,7 +351,8 @@ class _CompositeTiles(torch.autograd.Function):
             q = v.mul_(trans).sub_(suffix).mul_(alpha)
             if clamped:
                 q.masked_fill_(alpha >= ALPHA_MAX, 0.0)  # no gradient through the clamp (gsplat)
-            grad_coef.index_add_(0, rows, torch.mm(q.view(P, A * kb).t(), basis).neg_())
+            # [6, A kb] then transposed: ~7x faster than the [A kb, 6] orientation of this GEMM.
+            grad_coef.index_add_(0, rows, torch.mm(basis_t, q.view(P, A * kb)).t().neg_())
         del ctx.blocks
         return grad_coef, grad_feats[:, :-1], None, None, None, None
 
