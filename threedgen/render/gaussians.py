@@ -325,6 +325,7 @@ class _CompositeTiles(torch.autograd.Function):
         return out
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (basis,) = ctx.saved_tensors
         T, D1, P = grad_out.shape
