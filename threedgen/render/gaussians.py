@@ -354,7 +354,6 @@ class _CompositeTiles(torch.autograd.Function):
                 q.masked_fill_(alpha >= ALPHA_MAX, 0.0)  # no gradient through the clamp (gsplat)
             # [6, A kb] then transposed: ~7x faster than the [A kb, 6] orientation of this GEMM.
             grad_coef.index_add_(0, rows, torch.mm(basis_t, q.view(P, A * kb)).t().neg_())
-        del ctx.blocks
         return grad_coef, grad_feats[:, :-1], None, None, None, None
 
 

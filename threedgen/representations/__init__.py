@@ -4,9 +4,11 @@ background, generator=None) -> RenderOutput``, ``optimizers()``, ``regularisers(
 ``pre_backward(step, optimizers)``, ``post_step(step, out, optimizers)``, ``load_weights(state)``."""
 
 from threedgen.representations.gaussians import Gaussians
+from threedgen.representations.mesh import Mesh
 from threedgen.representations.nerf import NeRF
+from threedgen.representations.triplane import Triplane
 
-REPRESENTATIONS = {"gaussians": Gaussians, "nerf": NeRF}
+REPRESENTATIONS = {"gaussians": Gaussians, "mesh": Mesh, "nerf": NeRF, "triplane": Triplane}
 
 
 def build_representation(cfg, seed: int = 0):
