@@ -1,8 +1,9 @@
 """``threedgen bench``: one table of timings measured in one run on this machine.
 
-Rows: the Gaussian rasterizer (tiled, pure torch) against the dense all-pixels reference; the NeRF
-renderer; the prior's classifier-free-guided evaluation; one full SDS step split into render,
-prior (guidance) and backward+optimiser. All forward+backward, medians of a few repeats, seconds.
+Rows: the prior's classifier-free-guided evaluation (the floor of a step); every representation's
+renderer at the default recipe's sizes, at the prior's resolution, 64^2 and 128^2, as a ratio to
+that floor; the Gaussian rasterizer (tiled, pure torch) against the dense all-pixels reference;
+one full SDS step per representation split into render, prior (guidance) and backward+optimiser. All forward+backward, medians of a few repeats, seconds.
 Absolute times only mean something on the machine they were measured on; compare ratios.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
 from benchmarks.gaussians import bench_rasterizer
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
+from threedgen.config import load as load_config
 from threedgen.guidance.sds import SDS
 from threedgen.priors.pixel import EMBEDDED_PATH, PixelPrior
 from threedgen.prompts import PromptProcessor
@@ -31,14 +34,29 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_nerf(size: int, repeats: int, n_views: int = 4) -> float:
-    nerf = REPRESENTATIONS["nerf"].from_config(REPRESENTATIONS["nerf"].Config())
+RECIPES = Path(__file__).resolve().parents[1] / "configs"
+
+
+def recipe_representation(name: str):
+    """The representation config of ``configs/<name>-sds.yaml`` (the default recipe's sizes), or
+    the class defaults where the recipe is not there (an installed package without the repo)."""
+    path = RECIPES / f"{name}-sds.yaml"
+    if not path.is_file():
+        return REPRESENTATIONS[name].Config()
+    return load_config([path], ["prompt=a red cube"]).system.representation
+
+
+def bench_render(name: str, size: int, repeats: int, n_views: int = 4) -> float:
+    """Forward+backward of one representation's renderer (training mode) at size^2."""
+    rep = REPRESENTATIONS[name].from_config(recipe_representation(name))
+    rep.train()
     cams = orbit(n_views, 15.0, 2.8, 30.0, size)
     bg = torch.ones(3)
 
     def step():
-        out = nerf.render(cams, bg)
+        out = rep.render(cams, bg, generator=torch.Generator().manual_seed(0))
         (out.rgb.mean() + out.alpha.mean()).backward()
+        rep.zero_grad(set_to_none=True)
 
     return median_time(step, repeats)
 
@@ -46,7 +64,7 @@ def bench_nerf(size: int, repeats: int, n_views: int = 4) -> float:
 def bench_sds_step(name: str, prior, repeats: int) -> dict[str, float]:
     """One training step of ``name`` + SDS at the default recipe's sizes, split into parts."""
     cls = REPRESENTATIONS[name]
-    rep = cls.from_config(cls.Config())
+    rep = cls.from_config(recipe_representation(name))
     rep.train()
     guidance = SDS(SDS.Config(), prior)
     prompts = PromptProcessor(prior, "a red cube")
@@ -87,16 +105,23 @@ def main(args) -> int:
     quick = getattr(args, "quick", False)
     repeats = 2 if quick else 5
     rows: list[tuple[str, str, str]] = []
-    sizes = [(1000, 64), (5000, 64)] if quick else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)]
-    for n, s in sizes:
-        r = bench_rasterizer(n, s, n_cameras=4, repeats=repeats)
-        rows.append((f"gaussians fwd+bwd {n // 1000}k @{s}^2 x4 views", f"{r['tiled'] * 1e3:.0f} ms",
-                     f"dense reference {r['dense'] * 1e3:.0f} ms, tiled is {r['speedup']:.1f}x faster"))
-    rows.append(("nerf fwd+bwd @64^2 x4 views", f"{bench_nerf(64, repeats) * 1e3:.0f} ms", "48 samples/ray, 32^3 grids"))
     prior = PixelPrior.from_pretrained(EMBEDDED_PATH)
     p = bench_prior(prior, repeats)
-    rows.append(("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms", f"@{prior.resolution}^2, 8 UNet images"))
-    for name in ("gaussians", "nerf"):
+    rows.append(("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms",
+                 f"@{prior.resolution}^2 (its working resolution), 8 UNet images: the floor of a step"))
+    sizes = (prior.resolution, 64) if quick else (prior.resolution, 64, 128)
+    for name in REPRESENTATIONS:
+        for s in sizes:
+            t = bench_render(name, s, repeats)
+            rows.append((f"{name} render fwd+bwd @{s}^2 x4 views", f"{t * 1e3:.0f} ms",
+                         f"{t / p:.2f}x the prior's CFG evaluation (default recipe's sizes)"))
+    cases = [(1000, 64), (5000, 64)] if quick else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)]
+    for n, s in cases:
+        r = bench_rasterizer(n, s, n_cameras=4, repeats=repeats)
+        rows.append((f"gaussians rasterizer fwd+bwd {n // 1000}k @{s}^2 x4 views", f"{r['tiled'] * 1e3:.0f} ms",
+                     f"dense reference {r['dense'] * 1e3:.0f} ms, tiled is {r['speedup']:.1f}x faster; "
+                     f"{r['tiled'] / p:.2f}x the prior"))
+    for name in REPRESENTATIONS:
         parts = bench_sds_step(name, prior, repeats)
         total = sum(parts.values())
         detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())

@@ -49,7 +49,7 @@ def fit(cfg: RunConfig, run_dir: Path, prior=None, ckpt_path: Path | None = None
 
 def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None) -> dict:
     pl.seed_everything(cfg.trainer.seed, verbose=False)
-    module = TextTo3D(cfg, run_dir, prior=prior)
+    module = TextTo3D(cfg, run_dir, prior=prior, initialise=ckpt_path is None)
     trainer = pl.Trainer(
         accelerator="auto", devices=1, max_epochs=1, logger=CSVLogger(run_dir, name="logs", version=""),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,

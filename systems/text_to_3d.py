@@ -26,7 +26,8 @@ from threedgen.priors.embedded.classifier import WorldClassifier
 from threedgen.priors.pixel import EMBEDDED_PATH, load_prior
 from threedgen.prompts import PromptProcessor
 from threedgen.representations import build_representation
-from threedgen.runs import atomic_write
+from threedgen.representations.convert import convert
+from threedgen.runs import atomic_write, load_representation
 
 log = logging.getLogger("threedgen")
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints
@@ -38,13 +39,19 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 
 
 class TextTo3D(pl.LightningModule):
-    def __init__(self, cfg: RunConfig, run_dir: Path, prior=None):
+    def __init__(self, cfg: RunConfig, run_dir: Path, prior=None, initialise: bool = True):
+        """initialise: build the representation from ``cfg.init_from`` when set (a resumed run
+        skips it: its checkpoint holds the representation)."""
         super().__init__()
         self.cfg, self.run_dir = cfg, Path(run_dir)
         s = cfg.system
         self.prior = prior if prior is not None else load_prior(s.prior)
         self.prompts = PromptProcessor(self.prior, cfg.prompt, cfg.negative_prompt)
-        self.representation = build_representation(s.representation, seed=cfg.trainer.seed)
+        if cfg.init_from and initialise:
+            _, source = load_representation(Path(cfg.init_from))
+            self.representation = convert(source, s.representation, seed=cfg.trainer.seed)
+        else:
+            self.representation = build_representation(s.representation, seed=cfg.trainer.seed)
         self.guidance = GUIDANCE[s.guidance.name](s.guidance, self.prior)
         self.register_buffer("background", torch.tensor(s.background), persistent=False)
         self.ranges = CameraRanges(s.camera.elevation, s.camera.distance, s.camera.fov_y)

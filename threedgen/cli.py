@@ -41,6 +41,8 @@ def cmd_fit(args) -> int:
             raise UserError("fit needs --config FILE (or --resume RUN_DIR)")
         cfg = C.load(args.config, args.overrides)
         ckpt = None
+        if cfg.init_from:
+            _check_init_from(cfg)
     # Check the prompt against the prior's vocabulary before building anything heavy.
     from threedgen.priors.pixel import load_prior
 
@@ -55,6 +57,17 @@ def cmd_fit(args) -> int:
     metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt)
     print(json.dumps({"run": str(run), **metrics}, indent=2))
     return 0
+
+
+def _check_init_from(cfg) -> None:
+    """The earlier stage exists, has a checkpoint, and converts to this representation."""
+    from threedgen import runs
+    from threedgen.representations.convert import check_conversion
+
+    source = Path(cfg.init_from)
+    source_cfg = runs.load_run_config(source)
+    runs.checkpoint_path(source)
+    check_conversion(source_cfg.system.representation.name, cfg.system.representation.name)
 
 
 def cmd_eval(args) -> int:

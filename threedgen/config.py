@@ -124,6 +124,7 @@ class RunConfig:
     name: str = "run"  # the recipe's name: runs go to <output_dir>/<name>/<prompt-slug>@<time>
     negative_prompt: str = ""
     output_dir: str = "outputs"
+    init_from: str | None = None  # a run folder: start from its representation (stage chaining)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     test: TestConfig = field(default_factory=TestConfig)
 

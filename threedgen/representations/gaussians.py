@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -27,7 +29,8 @@ class Gaussians(nn.Module):
     class Config:
         name: Literal["gaussians"] = "gaussians"
         n: int = 2000
-        init: Literal["ball", "sphere"] = "ball"
+        init: Literal["ball", "sphere", "points"] = "ball"
+        init_points: str | None = None  # with init=points: a .ply point cloud (colours optional) or .npy [N, 3]
         init_radius: float = 0.5
         init_opacity: float = 0.5
         lr_means: float = 0.003
@@ -35,15 +38,25 @@ class Gaussians(nn.Module):
         lr_quats: float = 0.003
         lr_opacities: float = 0.05
         lr_colors: float = 0.05
-        densify: bool = False  # gsplat's DefaultStrategy (clone/split/prune/opacity reset)
+        densify: bool = False  # gsplat's DefaultStrategy: clone / split / prune
+        densify_from: int = 50
         densify_until: int = 300
         densify_every: int = 50
         grow_grad2d: float = 0.0002
+        prune_opacity: float = 0.005
+        opacity_reset_every: int = 0  # 0: never; resets happen only while densifying
+        opacity_reset_value: float = 0.01
         lambda_sparsity: Scheduled = 0.0  # mean rendered opacity
 
         def __post_init__(self):
             if self.n < 1 or self.init_radius <= 0 or not 0 < self.init_opacity < 1:
                 raise ValueError("n >= 1, init_radius > 0 and 0 < init_opacity < 1 are required")
+            if (self.init == "points") != (self.init_points is not None):
+                raise ValueError("init_points (a point cloud file) goes with init: points, and only with it")
+            if self.init_points is not None and not Path(self.init_points).is_file():
+                raise ValueError(f"init_points: no such file {self.init_points}")
+            if self.densify_every < 1 or self.opacity_reset_every < 0:
+                raise ValueError("densify_every >= 1 and opacity_reset_every >= 0 are required")
 
     """N Gaussians. ``params`` (an nn.ParameterDict, what gsplat's DefaultStrategy edits) holds:
 
@@ -139,7 +152,38 @@ class Gaussians(nn.Module):
 
     # --- the system's calls ---
     @classmethod
+    def from_point_cloud(cls, path: str | Path, opacity: float = 0.1) -> Gaussians:
+        """Gaussians at the points of a .ply (vertex colours if it has them, else grey) or a .npy
+        array [N, 3]. Raises ValueError (one line) for a missing or malformed file."""
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"init_points: no such file {path}")  # also checked by the Config
+        try:
+            if path.suffix == ".npy":
+                xyz, rgb = np.load(path), None
+            else:
+                import trimesh
+
+                cloud = trimesh.load(path, process=False)
+                xyz = np.asarray(cloud.vertices)
+                colors = getattr(cloud, "colors", None)
+                if colors is None or not len(colors):
+                    colors = getattr(getattr(cloud, "visual", None), "vertex_colors", None)
+                rgb = None if colors is None or len(colors) != len(xyz) else np.asarray(colors)[:, :3] / 255.0
+        except Exception as e:  # numpy / trimesh parse errors
+            raise ValueError(f"init_points: cannot read {path} ({e})") from None
+        if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
+            raise ValueError(f"init_points: {path} holds no [N, 3] points (got shape {xyz.shape})")
+        xyz = torch.as_tensor(xyz, dtype=torch.float32)
+        rgb = torch.full_like(xyz, 0.5) if rgb is None else torch.as_tensor(rgb, dtype=torch.float32)
+        return cls.from_points(xyz, rgb, opacity=opacity)
+
+    @classmethod
     def from_config(cls, cfg: Config, seed: int = 0) -> Gaussians:
+        if cfg.init == "points":
+            g = cls.from_point_cloud(cfg.init_points, opacity=cfg.init_opacity)
+            g.cfg = cfg
+            return g
         make = cls.from_random_ball if cfg.init == "ball" else cls.from_sphere
         g = make(cfg.n, radius=cfg.init_radius, seed=seed)
         with torch.no_grad():
@@ -161,11 +205,23 @@ class Gaussians(nn.Module):
             from gsplat.strategy import DefaultStrategy
 
             c = self.cfg
-            self._strategy_obj = DefaultStrategy(grow_grad2d=c.grow_grad2d, refine_start_iter=c.densify_every,
+            # Opacity resets are ours (post_step): this gsplat version's reset test,
+            # ``step % reset_every == 0 & step > 0``, parses as a chained comparison that is never true.
+            self._strategy_obj = DefaultStrategy(grow_grad2d=c.grow_grad2d, refine_start_iter=c.densify_from,
                                                  refine_stop_iter=c.densify_until, refine_every=c.densify_every,
-                                                 reset_every=10**9, absgrad=False, verbose=False)
+                                                 prune_opa=c.prune_opacity, reset_every=10**9,
+                                                 absgrad=False, verbose=False)
             self._strategy_state = self._strategy_obj.initialize_state(scene_scale=1.0)
         return self._strategy_obj, self._strategy_state
+
+    def get_extra_state(self) -> dict:
+        """The densification statistics (gradient accumulators) go into checkpoints, so that a
+        resumed run densifies exactly as an uninterrupted one."""
+        return dict(self._strategy_state) if hasattr(self, "_strategy_state") else {}
+
+    def set_extra_state(self, state: dict) -> None:
+        if state:
+            self._strategy()[1].update(state)
 
     def regularisers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
         w = value_at(self.cfg.lambda_sparsity, step)
@@ -175,9 +231,14 @@ class Gaussians(nn.Module):
         pass
 
     def post_step(self, step: int, out: RenderOutput, optimizers: dict) -> None:
-        if self.cfg.densify and step < self.cfg.densify_until:
+        c = self.cfg
+        if c.densify and step < c.densify_until:
             strategy, state = self._strategy()
             strategy.step_post_backward(self.params, optimizers, state, step, out.info, packed=False)
+            if c.opacity_reset_every and step > 0 and step % c.opacity_reset_every == 0:
+                from gsplat.strategy.ops import reset_opa
+
+                reset_opa(self.params, optimizers, state, value=c.opacity_reset_value)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         """Load a state dict, resizing the parameters first (densification changes N)."""
@@ -187,6 +248,25 @@ class Gaussians(nn.Module):
         if hasattr(self, "_optimizers"):
             del self._optimizers
         self.load_state_dict(state)
+
+    aabb = 1.0  # the box of ``density_grid`` (the embedded world's objects fit in the unit ball)
+
+    @torch.no_grad()
+    def density_grid(self, resolution: int, chunk: int = 4096) -> Tensor:
+        """[R, R, R] mixture density sum_i o_i exp(-0.5 d_i^T Sigma_i^-1 d_i), d_i = x - mu_i, at
+        the vertices of a regular grid spanning [-aabb, aabb]^3, entry [i, j, k] at (x_i, y_j, z_k).
+        O(R^3 N): fine for a one-off conversion (48^3 x 2k Gaussians: about a second)."""
+        from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+
+        _, precis = _quat_scale_to_covar_preci(self.quats, self.scales, compute_covar=False)  # [N, 3, 3]
+        v = torch.linspace(-self.aabb, self.aabb, resolution, device=self.means.device)
+        pts = torch.stack(torch.meshgrid(v, v, v, indexing="ij"), dim=-1).reshape(-1, 3)
+        out = []
+        for p in pts.split(chunk):
+            d = p[:, None] - self.means[None]  # [M, N, 3]
+            m = torch.einsum("mni,nij,mnj->mn", d, precis, d)
+            out.append((self.opacities * torch.exp(-0.5 * m)).sum(-1))
+        return torch.cat(out).reshape(resolution, resolution, resolution)
 
     def render(self, cameras: Cameras, background: Tensor, backend: str = "auto",
                generator: torch.Generator | None = None) -> RenderOutput:

@@ -90,6 +90,10 @@ class Triplane(nn.Module):
         self.register_buffer("occupancy", torch.ones(G, G, G, dtype=torch.bool))  # saved: exact resume
         self._occ_step = None
 
+    @property
+    def aabb(self) -> float:
+        return self.cfg.aabb
+
     @classmethod
     def from_config(cls, cfg: Config, seed: int = 0) -> Triplane:
         return cls(cfg, seed)
