@@ -1,6 +1,6 @@
 """End-to-end quality: each representation + SDS recovers the prompted object.
 
-Full sweep (about 25 minutes on 2 cores; prints a table):  python -m pytest -m slow -s
+Full sweep (about 35 minutes on 2 cores; prints a table):  python -m pytest -m slow -s
 The cases marked `ci` run in the default suite too.
 """
 
@@ -13,9 +13,12 @@ from threedgen.evaluate import passes
 
 PROMPTS = ["a red cube", "a green cone", "a blue torus", "an orange cylinder", "a yellow sphere",
            "a purple mug"]
-CI = {("gaussians", "a red cube"), ("nerf", "a green cone")}
+# A mesh deformed from a sphere keeps genus 0: no torus or mug (the two-stage run below covers
+# other topologies through an isosurface).
+SWEEP = {"gaussians": PROMPTS, "nerf": PROMPTS, "triplane": PROMPTS, "mesh": PROMPTS[:2] + PROMPTS[3:5]}
+CI = {("gaussians", "a red cube"), ("nerf", "a green cone"), ("mesh", "a red cube")}
 CASES = [pytest.param(rep, p, marks=[pytest.mark.slow] + ([pytest.mark.ci] if (rep, p) in CI else []),
-                      id=f"{rep}-{p.split()[-1]}") for rep in ("gaussians", "nerf") for p in PROMPTS]
+                      id=f"{rep}-{p.split()[-1]}") for rep, prompts in SWEEP.items() for p in prompts]
 
 
 @pytest.mark.parametrize("rep, prompt", CASES)
@@ -45,3 +48,16 @@ def test_janus_count(tmp_path, sweep_results, use_camera):
     assert all(isinstance(h, int) for h in handles)
     if use_camera:
         assert handles.count(1) >= 2, handles
+
+
+@pytest.mark.slow
+def test_two_stage_nerf_to_mesh(tmp_path, sweep_results):
+    """Magic3D's workflow: a coarse NeRF, then a mesh refined from its isosurface."""
+    from tests.helpers import REPO
+
+    coarse = fit(tmp_path, "prompt=a red cube", config=str(REPO / "configs" / "nerf-sds.yaml"))
+    run = fit(tmp_path, "prompt=a red cube", f"init_from={coarse}",
+              config=str(REPO / "configs" / "mesh-refine.yaml"))
+    m = json.loads((run / "metrics.json").read_text())
+    sweep_results.append({"representation": "nerf -> mesh", **m})
+    assert passes(m, min_views=3, min_iou=0.8), m
