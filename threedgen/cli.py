@@ -116,7 +116,8 @@ def cmd_check_prior(args) -> int:
     from threedgen.priors.pixel import EMBEDDED_PATH
 
     result = check_prior(Path(args.path) if args.path else EMBEDDED_PATH, Path(args.grid),
-                         views=args.views, guidance_scale=args.guidance_scale, steps=args.steps)
+                         views=args.views, guidance_scale=args.guidance_scale, steps=args.steps,
+                         t_start=None if args.t_start < 0 else args.t_start)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -158,8 +159,10 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--path", help="prior folder (default: the shipped one)")
     c.add_argument("--grid", default="check-prior.png", help="where to save the sample grid")
     c.add_argument("--views", type=int, default=4)
-    c.add_argument("--guidance-scale", type=float, default=3.0)
+    c.add_argument("--guidance-scale", type=float, default=7.5)
     c.add_argument("--steps", type=int, default=50)
+    c.add_argument("--t-start", type=int, default=850,
+                   help="start DDIM at this timestep from the world's mean image; -1: pure noise at the top")
     c.set_defaults(func=cmd_check_prior)
     return p
 

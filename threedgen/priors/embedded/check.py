@@ -38,11 +38,24 @@ def _conditioning(prior: PixelPrior, prompts: list[str], cams) -> Conditioning:
                         prior.camera_condition(None, len(prompts)))
 
 
-def _sample(prior, prompts, cams, scale, steps, g, chunk=96) -> Tensor:
+def world_mean_latent(prior: PixelPrior, n: int = 384, seed: int = 0) -> Tensor:
+    """[1, C, h, w]: the mean encoded image of the training distribution (random shapes, colours
+    and cameras in the training range), for ``ddim_sample``'s truncated start."""
+    g = torch.Generator().manual_seed(seed)
+    shapes = [world.SHAPES[i] for i in torch.randint(len(world.SHAPES), (n,), generator=g)]
+    names = list(world.COLOURS)
+    colours = [names[i] for i in torch.randint(len(names), (n,), generator=g)]
+    cams = make_cameras(-10.0 + 70.0 * torch.rand(n, generator=g), 360.0 * torch.rand(n, generator=g),
+                        2.6 + 0.4 * torch.rand(n, generator=g), 30.0, prior.resolution)
+    return prior.encode_images(world.render(shapes, colours, cams).rgb).mean(0, keepdim=True)
+
+
+def _sample(prior, prompts, cams, scale, steps, g, t_start, mean, chunk=96) -> Tensor:
     out = []
     for i in range(0, len(prompts), chunk):
         sl = slice(i, i + chunk)
-        out.append(ddim_sample(prior, _conditioning(prior, prompts[sl], cams[sl]), scale, steps, g))
+        out.append(ddim_sample(prior, _conditioning(prior, prompts[sl], cams[sl]), scale, steps, g,
+                               t_start=t_start, mean_latent=mean))
     return torch.cat(out)
 
 
@@ -60,8 +73,12 @@ def save_grid(images: Tensor, columns: int, path: Path, scale: int = 2) -> None:
 
 @torch.no_grad()
 def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-prior.png"),
-                views: int = 4, guidance_scale: float = 3.0, steps: int = 50, seed: int = 0) -> dict:
+                views: int = 4, guidance_scale: float = 7.5, steps: int = 50, seed: int = 0,
+                t_start: int | None = 850) -> dict:
+    """t_start: DDIM's truncated start from the world's mean image (``ddim_sample``); None samples
+    from pure noise at the top of the schedule."""
     prior = PixelPrior.from_pretrained(path)
+    mean = world_mean_latent(prior) if t_start is not None else None
     classifier = WorldClassifier.from_pretrained(Path(path) / "classifier")
     g = torch.Generator().manual_seed(seed)
     held_out = {tuple(p) for p in world.HELD_OUT}
@@ -76,9 +93,10 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
     el = 0.0 + 45.0 * torch.rand(n, generator=g)
     az = 360.0 * torch.rand(n, generator=g)
     cams = make_cameras(el, az, 2.8, 30.0, prior.resolution)
-    samples = _sample(prior, prompts, cams, guidance_scale, steps, g)
+    samples = _sample(prior, prompts, cams, guidance_scale, steps, g, t_start, mean)
     shapes, colours = classifier.predict(samples)
-    result: dict = {"classifier_on_world": classifier_accuracy(classifier)}
+    result: dict = {"classifier_on_world": classifier_accuracy(classifier),
+                    "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start}}
     for name, want in [("seen", False), ("held_out", True)]:
         idx = [i for i, k in enumerate(keys) if (k in held_out) == want]
         ok_s = [shapes[i] == keys[i][0] for i in idx]
@@ -102,7 +120,8 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
                     alts += [(e, a + 45)]
                 tests.append((s, colour, e, a, alts))
     cams = make_cameras([t[2] for t in tests], [t[3] for t in tests], 2.8, 30.0, prior.resolution)
-    samples = _sample(prior, [world.prompt_for(t[0], t[1]) for t in tests], cams, guidance_scale, steps, g)
+    samples = _sample(prior, [world.prompt_for(t[0], t[1]) for t in tests], cams, guidance_scale, steps, g,
+                      t_start, mean)
     masks = sample_silhouette(samples)
     counts = {"elevation": [0, 0], "mug_azimuth": [0, 0], "cube_azimuth": [0, 0]}
     for k, (s, colour, e, a, alts) in enumerate(tests):
