@@ -27,8 +27,12 @@ from threedgen.priors.sampling import ddim_sample
 
 
 def sample_silhouette(rgb: Tensor, threshold: float = 0.12) -> Tensor:
-    """rgb [B, 3, H, W] on white -> float mask [B, 1, H, W] of non-background pixels."""
-    return ((1 - rgb).amax(1, keepdim=True) > threshold).float()
+    """rgb [B, 3, H, W] -> float mask [B, 1, H, W] of the pixels that differ from the image's
+    background colour (the median of its border pixels: samples' backgrounds may be tinted) by
+    more than ``threshold`` in some channel."""
+    border = torch.cat([rgb[..., 0, :], rgb[..., -1, :], rgb[..., 0], rgb[..., -1]], dim=-1)  # [B, 3, 4W]
+    background = border.median(dim=-1).values[..., None, None]  # [B, 3, 1, 1]
+    return ((rgb - background).abs().amax(1, keepdim=True) > threshold).float()
 
 
 def _conditioning(prior: PixelPrior, prompts: list[str], cams) -> Conditioning:
@@ -124,6 +128,7 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
                       t_start, mean)
     masks = sample_silhouette(samples)
     counts = {"elevation": [0, 0], "mug_azimuth": [0, 0], "cube_azimuth": [0, 0]}
+    by_shape = {s: [0, 0] for s in world.SHAPES}  # the elevation tests, per shape
     for k, (s, colour, e, a, alts) in enumerate(tests):
         def score(el, azi):
             c = make_cameras(el, azi, 2.8, 30.0, prior.resolution)
@@ -131,9 +136,15 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
         own = score(e, a)
         for el2, az2 in alts:
             kind = "elevation" if el2 != e else f"{s}_azimuth"
-            counts[kind][0] += own > score(el2, az2)
+            hit = own > score(el2, az2)
+            counts[kind][0] += hit
             counts[kind][1] += 1
+            if kind == "elevation":
+                by_shape[s][0] += hit
+                by_shape[s][1] += 1
     result["camera"] = {k: round(v[0] / v[1], 4) for k, v in counts.items()}
     total = [sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values())]
     result["camera"]["all"] = round(total[0] / total[1], 4)
+    # A sphere's silhouette is the same from every elevation: its elevation tests are ties.
+    result["camera"]["elevation_by_shape"] = {s: round(v[0] / v[1], 4) for s, v in by_shape.items()}
     return result
