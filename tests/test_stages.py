@@ -65,3 +65,18 @@ def test_bad_init_from(tmp_path, capsys):
     assert main(["fit", "--config", NERF, "prompt=a red cube", f"output_dir={tmp_path}",
                  f"init_from={mesh_run}"]) == 2
     assert "init_from: cannot start a nerf from a mesh run" in one_line_error(capsys)
+
+
+def test_gaussians_to_mesh_through_their_density():
+    """Gaussians -> mesh: the isosurface of the mixture density renders the splats' silhouette."""
+    from threedgen.cameras import orbit
+    from threedgen.representations.convert import convert
+    from threedgen.representations.gaussians import Gaussians
+    from threedgen.representations.mesh import Mesh
+
+    g = Gaussians.from_config(Gaussians.Config(n=1500, init="ball", init_radius=0.5, init_opacity=0.8))
+    mesh = convert(g, Mesh.Config(init_resolution=40), seed=0)
+    cams, bg = orbit(4, 20.0, 2.8, 30.0, 48), torch.ones(3)
+    with torch.no_grad():
+        ma, mb = g.render(cams, bg).alpha > 0.5, mesh.render(cams, bg).alpha > 0.5
+    assert (ma & mb).sum() / (ma | mb).sum() > 0.85
