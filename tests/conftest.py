@@ -8,6 +8,19 @@ _SWEEP: list[dict] = []
 
 
 @pytest.fixture
+def one_thread():
+    """For tiny renderer workloads: a second intra-op thread gains nothing and, on a machine whose
+    cores are busy with another job, makes each op wait on a descheduled worker (seen: 35 s
+    instead of 4 s for a NeRF fit test)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def sweep_results() -> list[dict]:
     """Quality-sweep rows, printed as a table at the end of the session."""
     return _SWEEP

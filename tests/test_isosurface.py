@@ -11,12 +11,7 @@ from threedgen.render.volume import render_volume
 from threedgen.representations.gaussians import Gaussians
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Solid:

@@ -16,13 +16,7 @@ from threedgen.representations.mesh import Mesh, UniformAdam, _Smooth
 MESH = str(REPO / "configs" / "mesh-sds.yaml")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny workloads: a second intra-op thread gains nothing and stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("bad", [dict(radius=0.0), dict(subdivisions=-1), dict(ambient=1.5),

@@ -14,15 +14,7 @@ from threedgen.representations.nerf import (NeRF, opacity_entropy, opacity_spars
 DIST, FOV = 2.8, 40.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These workloads are tiny; a second intra-op thread gains nothing and, on a machine whose
-    cores are busy with another job, makes each op wait on a descheduled worker (seen: 35 s
-    instead of 4 s for the fit test)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cams(size=33, n=4, elevation=15.0):

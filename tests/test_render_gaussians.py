@@ -13,13 +13,7 @@ from threedgen.representations.gaussians import Gaussians
 DIST, FOV = 2.7, 40.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny workloads: a second intra-op thread gains nothing and stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scene(n=300, seed=0, sh_degree=None, n_cams=3, size=25, per_camera_colors=False):

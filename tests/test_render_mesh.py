@@ -13,13 +13,7 @@ from threedgen.priors.embedded import world
 from threedgen.render.mesh import mesh_edges, render_mesh
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny workloads: a second intra-op thread gains nothing and stalls on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # A camera on the +x axis at distance 3: image right is world +y, image up is world +z.

@@ -9,12 +9,7 @@ from threedgen.cameras import orbit
 from threedgen.representations.triplane import Triplane, triplane_features
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_planes(R: int, aabb: float) -> torch.Tensor:
