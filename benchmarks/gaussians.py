@@ -46,10 +46,13 @@ def _time(fn, g, cams, repeats: int, **kwargs) -> tuple[float, float]:
 
 
 def bench_rasterizer(n_gaussians: int, size: int, n_cameras: int = 4, repeats: int = 3,
-                     dense: bool = True, tile_size: int = CPU_TILE_SIZE) -> dict:
+                     dense: bool = True, tile_size: int = CPU_TILE_SIZE,
+                     dense_repeats: int | None = None) -> dict:
     """Median forward+backward wall seconds of rasterize_torch ("tiled", at tile_size) and
     rasterize_dense ("dense"; None when dense=False) for n_gaussians into n_cameras views of
-    size x size, after one untimed warm-up run each; "speedup" is dense / tiled. "tiled_cpu" and
+    size x size, after one untimed warm-up run each (dense_repeats, default repeats, of 1: one timed
+    run of the dense reference and no warm-up: it takes minutes at 20k / 128^2); "speedup" is
+    dense / tiled. "tiled_cpu" and
     "dense_cpu" are the process CPU seconds (with one thread, the work itself: steadier than
     wall time when other jobs share the cores)."""
     g, cams = _scene(n_gaussians, size, n_cameras)
@@ -59,8 +62,10 @@ def bench_rasterizer(n_gaussians: int, size: int, n_cameras: int = 4, repeats: i
     result["tiled"], result["tiled_cpu"] = _time(rasterize_torch, g, cams, repeats,
                                                  tile_size=tile_size)
     if dense:
-        _time(rasterize_dense, g, cams, 1)
-        result["dense"], result["dense_cpu"] = _time(rasterize_dense, g, cams, repeats)
+        dense_repeats = dense_repeats or repeats
+        if dense_repeats > 1:
+            _time(rasterize_dense, g, cams, 1)
+        result["dense"], result["dense_cpu"] = _time(rasterize_dense, g, cams, dense_repeats)
     result["speedup"] = result["dense"] / result["tiled"] if result["dense"] else None
     return result
 

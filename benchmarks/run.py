@@ -35,6 +35,7 @@ def median_time(fn, repeats: int) -> float:
 
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs"
+DENSE_MAX_PAIRS = 4 * 5000 * 128 * 128
 
 
 def recipe_representation(name: str):
@@ -104,32 +105,35 @@ def bench_prior(prior, repeats: int, batch: int = 4) -> float:
 def main(args) -> int:
     quick = getattr(args, "quick", False)
     repeats = 2 if quick else 5
-    rows: list[tuple[str, str, str]] = []
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, medians")
+
+    def row(case: str, t: str, note: str) -> None:  # printed as measured: the whole bench takes minutes
+        print(f"{case:<44}  {t:>9}  {note}", flush=True)
+
     prior = PixelPrior.from_pretrained(EMBEDDED_PATH)
     p = bench_prior(prior, repeats)
-    rows.append(("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms",
-                 f"@{prior.resolution}^2 (its working resolution), 8 UNet images: the floor of a step"))
+    row("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms",
+        f"@{prior.resolution}^2 (its working resolution), 8 UNet images: the floor of a step")
     sizes = (prior.resolution, 64) if quick else (prior.resolution, 64, 128)
     for name in REPRESENTATIONS:
         for s in sizes:
             t = bench_render(name, s, repeats)
-            rows.append((f"{name} render fwd+bwd @{s}^2 x4 views", f"{t * 1e3:.0f} ms",
-                         f"{t / p:.2f}x the prior's CFG evaluation (default recipe's sizes)"))
+            row(f"{name} render fwd+bwd @{s}^2 x4 views", f"{t * 1e3:.0f} ms",
+                f"{t / p:.2f}x the prior's CFG evaluation (default recipe's sizes)")
     cases = [(1000, 64), (5000, 64)] if quick else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)]
     for n, s in cases:
-        r = bench_rasterizer(n, s, n_cameras=4, repeats=repeats)
-        rows.append((f"gaussians rasterizer fwd+bwd {n // 1000}k @{s}^2 x4 views", f"{r['tiled'] * 1e3:.0f} ms",
-                     f"dense reference {r['dense'] * 1e3:.0f} ms, tiled is {r['speedup']:.1f}x faster; "
-                     f"{r['tiled'] / p:.2f}x the prior"))
+        # The dense reference holds about 30 bytes per Gaussian-pixel pair (10 GB at 20k, 64^2, 4
+        # views): past that size it would not fit in this machine's memory.
+        dense = 4 * n * s * s <= DENSE_MAX_PAIRS
+        r = bench_rasterizer(n, s, n_cameras=4, repeats=repeats, dense=dense, dense_repeats=1)
+        ref = (f"dense reference {r['dense'] * 1e3:.0f} ms, tiled is {r['speedup']:.0f}x faster"
+               if dense else f"dense reference skipped ({4 * n * s * s / 1e6:.0f}M Gaussian-pixel pairs)")
+        row(f"gaussians rasterizer fwd+bwd {n // 1000}k @{s}^2 x4 views", f"{r['tiled'] * 1e3:.0f} ms",
+            f"{ref}; {r['tiled'] / p:.2f}x the prior")
     for name in REPRESENTATIONS:
         parts = bench_sds_step(name, prior, repeats)
         total = sum(parts.values())
         detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
-        rows.append((f"{name}+sds full step @32^2 x4 views", f"{total * 1e3:.0f} ms",
-                     f"{detail}; prior share {parts['prior'] / total:.0%}"))
-    w = max(len(r[0]) for r in rows)
-    print(f"{'case':<{w}}  {'time':>9}  notes")
-    for case, t, note in rows:
-        print(f"{case:<{w}}  {t:>9}  {note}")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+        row(f"{name}+sds full step @32^2 x4 views", f"{total * 1e3:.0f} ms",
+            f"{detail}; prior share {parts['prior'] / total:.0%}")
     return 0
