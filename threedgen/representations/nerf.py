@@ -1,10 +1,11 @@
 """A pure-torch explicit radiance field: dense density + colour grids inside [-aabb, aabb]^3.
 
 Values live on the R^3 vertices of a regular grid spanning the box (vertex 0 at -aabb, vertex R-1
-at +aabb, indexed [x, y, z]) and are trilinearly interpolated. Interpolation is written out
-(index_select of the 8 corners) rather than ``F.grid_sample`` because 3D grid_sample has no double
-backward, and the orientation regulariser needs d(normal)/d(grid), normals being the density's
-spatial gradient. On CPU it is also as fast as grid_sample.
+at +aabb, indexed [x, y, z]) and are trilinearly interpolated by ``F.grid_sample``'s fused kernel
+(forward + backward about half the time of the written-out version on CPU). When the points
+require grad (normals, for the orientation regulariser, are the density's spatial gradient and
+need d(normal)/d(grid)), the interpolation is written out instead (index_select of the 8 corners):
+3D grid_sample has no double backward.
 
 density(p) = act(raw_density(p) + blob(p)), blob(p) = blob_density * (1 - |p| / blob_radius)
 (threestudio's "blob_magic3d" bias), so optimisation starts from a soft sphere of radius
@@ -180,6 +181,8 @@ class NeRF(nn.Module):
         return self._interpolate(points, cell, frac)
 
     def _interpolate(self, points: Tensor, cell: Tensor, frac: Tensor) -> tuple[Tensor, Tensor]:
+        if not points.requires_grad:
+            return self._activate(points, self._grid_sample(points))
         R, M = self.resolution, points.shape[0]
         base = (cell[:, 0] * R + cell[:, 1]) * R + cell[:, 2]
         corners = (base[:, None] + self._corner_offsets).reshape(-1)  # [M * 8], [x, y, z] order
@@ -189,10 +192,20 @@ class NeRF(nn.Module):
         # One gather of 4 contiguous floats per corner beats two gathers (random access bound).
         table = torch.cat([self.density.reshape(-1, 1), self.color.reshape(-1, 3)], dim=1)
         v = table.index_select(0, corners).reshape(M, 8, 4)
-        raw = (w[:, :, None] * v).sum(1)  # [M, 4]
-        raw_density, raw_rgb = raw[:, 0], raw[:, 1:]
-        density = self.activation(raw_density + self.blob(points))
-        return density, torch.sigmoid(raw_rgb)
+        return self._activate(points, (w[:, :, None] * v).sum(1))
+
+    def _grid_sample(self, points: Tensor) -> Tensor:
+        """points [M, 3] -> raw [M, 4] (density, rgb logits), clamped at the box like the cells."""
+        table = torch.cat([self.density[None], self.color.permute(3, 0, 1, 2)])  # [4, R, R, R] over [x, y, z]
+        # grid_sample reads a [D, H, W] volume at (x -> W, y -> H, z -> D): ours is [x, y, z].
+        uvw = (points / self.aabb).flip(-1)[None, :, None, None]  # [1, M, 1, 1, 3]
+        raw = F.grid_sample(table[None], uvw, align_corners=True, padding_mode="border")
+        return raw[0, :, :, 0, 0].t()
+
+    def _activate(self, points: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """raw [M, 4] -> (density [M], rgb [M, 3]), adding the blob bias."""
+        density = self.activation(raw[:, 0] + self.blob(points))
+        return density, torch.sigmoid(raw[:, 1:])
 
     # ------------------------------------------------------------------ rendering / export
     def render(self, cameras: Cameras, background: Tensor, n_samples: int | None = None,
