@@ -57,3 +57,14 @@ def test_every_recipe_validates():
     assert recipes
     for r in recipes:
         C.load([r], ["prompt=a red cube"])
+
+
+def test_weighted_terms_skip_zero_weights_and_follow_ramps():
+    from threedgen.config import Ramp, weighted_terms
+
+    def boom():
+        raise AssertionError("a loss with weight 0 must not be computed")
+
+    terms = {"a": (Ramp(start=0.0, end=2.0, until=10), lambda: 3.0), "b": (0.0, boom), "c": (0.5, lambda: 4.0)}
+    assert weighted_terms(0, terms) == {"c": 2.0}  # the ramp starts at 0
+    assert weighted_terms(5, terms) == {"a": 3.0, "c": 2.0}

@@ -19,7 +19,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -58,6 +58,13 @@ Scheduled = Union[float, Ramp]
 def value_at(v: Scheduled, step: int) -> float:
     """A plain number or a Ramp, evaluated at a training step."""
     return v.at(step) if isinstance(v, Ramp) else float(v)
+
+
+def weighted_terms(step: int, terms: dict[str, tuple[Scheduled, Callable[[], Any]]]) -> dict[str, Any]:
+    """{name: weight * loss()} for each (weight, loss) whose scheduled weight is non-zero at
+    ``step``; a loss is only computed when its weight is."""
+    weights = {k: value_at(w, step) for k, (w, _) in terms.items()}
+    return {k: weights[k] * loss() for k, (_, loss) in terms.items() if weights[k] > 0}
 
 
 # --- the schema --------------------------------------------------------------------------------

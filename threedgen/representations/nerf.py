@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
-from threedgen.config import Scheduled, value_at
+from threedgen.config import Scheduled, weighted_terms
 from threedgen.render.types import RenderOutput
 from threedgen.render.volume import render_volume
 
@@ -123,17 +123,14 @@ class NeRF(nn.Module):
 
     def regularisers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
         """Weighted regularisers with a non-zero weight at ``step``, by name."""
-        c, terms = self.cfg, {}
-        if (w := value_at(c.lambda_sparsity, step)) > 0:
-            terms["sparsity"] = w * opacity_sparsity(out.alpha)
-        if (w := value_at(c.lambda_entropy, step)) > 0:
-            terms["entropy"] = w * opacity_entropy(out.alpha)
-        if (w := value_at(c.lambda_orientation, step)) > 0:
-            i = out.info
-            terms["orientation"] = w * orientation_loss(i["weights"], i["normals"], i["dirs"])
-        if (w := value_at(c.lambda_tv, step)) > 0:
-            terms["tv"] = w * self.tv_loss()
-        return terms
+        c, i = self.cfg, out.info
+        return weighted_terms(step, {
+            "sparsity": (c.lambda_sparsity, lambda: opacity_sparsity(out.alpha)),
+            "entropy": (c.lambda_entropy, lambda: opacity_entropy(out.alpha)),
+            "orientation": (c.lambda_orientation,
+                            lambda: orientation_loss(i["weights"], i["normals"], i["dirs"])),
+            "tv": (c.lambda_tv, self.tv_loss),
+        })
 
     def pre_backward(self, step: int, optimizers: dict) -> None:
         pass

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
-from threedgen.config import Scheduled, value_at
+from threedgen.config import Scheduled, weighted_terms
 from threedgen.render.types import RenderOutput
 from threedgen.render.volume import render_volume
 from threedgen.representations.nerf import _ACTIVATIONS, opacity_entropy, opacity_sparsity
@@ -152,14 +152,13 @@ class Triplane(nn.Module):
         return self._optimizers
 
     def regularisers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
-        c, terms = self.cfg, {}
-        if (w := value_at(c.lambda_sparsity, step)) > 0:
-            terms["sparsity"] = w * opacity_sparsity(out.alpha)
-        if (w := value_at(c.lambda_entropy, step)) > 0:
-            terms["entropy"] = w * opacity_entropy(out.alpha)
-        if (w := value_at(c.lambda_tv, step)) > 0:
-            terms["tv"] = w * self.tv_loss()
-        return terms
+        """Weighted regularisers with a non-zero weight at ``step``, by name."""
+        c = self.cfg
+        return weighted_terms(step, {
+            "sparsity": (c.lambda_sparsity, lambda: opacity_sparsity(out.alpha)),
+            "entropy": (c.lambda_entropy, lambda: opacity_entropy(out.alpha)),
+            "tv": (c.lambda_tv, self.tv_loss),
+        })
 
     def pre_backward(self, step: int, optimizers: dict) -> None:
         if step % self.cfg.occ_every == 0 and self._occ_step != step:
