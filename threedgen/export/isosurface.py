@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from threedgen.cameras import Cameras, orbit
+from threedgen.cameras import Cameras, make_cameras
 from threedgen.render.volume import ray_aabb
 
 
@@ -61,16 +61,13 @@ def choose_level(grid: Tensor, aabb: float, cameras: Cameras, masks: Tensor,
 
 def silhouette_cameras(size: int = 64, distance: float = 2.8, fov_y: float = 30.0) -> Cameras:
     """Eight views: a ring of six at 20 degrees elevation, one from above and one from below."""
-    ring = orbit(6, 20.0, distance, fov_y, size)
-    poles = [orbit(1, el, distance, fov_y, size) for el in (80.0, -60.0)]
-    cat = lambda name: torch.cat([getattr(c, name) for c in (ring, *poles)])  # noqa: E731
-    return Cameras(c2w=cat("c2w"), fov_y=cat("fov_y"), elevation=cat("elevation"),
-                   azimuth=cat("azimuth"), distance=cat("distance"), height=size, width=size)
+    elevation = [20.0] * 6 + [80.0, -60.0]
+    azimuth = [60.0 * k for k in range(6)] + [0.0, 0.0]
+    return make_cameras(elevation, azimuth, distance, fov_y, size)
 
 
 @torch.no_grad()
 def extract_isosurface(representation, resolution: int = 64,
-                       background: Tensor | None = None,
                        min_piece: float = 0.05) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mesh of ``representation``'s density (any module with ``aabb``, ``density_grid(R)`` and
     ``render(cameras, background)``).
@@ -84,8 +81,7 @@ def extract_isosurface(representation, resolution: int = 64,
     aabb = float(representation.aabb)
     grid = representation.density_grid(resolution).float().cpu()
     cams = silhouette_cameras()
-    bg = torch.ones(3) if background is None else background
-    masks = representation.render(cams, bg).alpha[:, 0] > 0.5
+    masks = representation.render(cams, torch.ones(3)).alpha[:, 0] > 0.5  # alpha: any background
     level, score = choose_level(grid, aabb, cams, masks)
     if not grid.min() < level < grid.max():
         raise ValueError(f"no surface: the density grid lies entirely on one side of level {level:g}")

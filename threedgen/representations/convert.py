@@ -28,11 +28,6 @@ from threedgen.representations.nerf import NeRF
 from threedgen.representations.triplane import Triplane
 
 
-def _logit(p: Tensor) -> Tensor:
-    p = p.clamp(1e-3, 1 - 1e-3)
-    return torch.log(p / (1 - p))
-
-
 def field_colors(source, points: Tensor) -> Tensor:
     """points [M, 3] -> the field's rgb [M, 3] there (NeRF or triplane, no empty-space skipping)."""
     if isinstance(source, NeRF):
@@ -61,7 +56,7 @@ def mesh_from_density(source, cfg: Mesh.Config, seed: int) -> Mesh:
         v = torch.linspace(-cfg.aabb, cfg.aabb, R)
         z, y, x = torch.meshgrid(v, v, v, indexing="ij")  # the texture is indexed [z, y, x]
         rgb = field_colors(source, torch.stack([x, y, z], -1).reshape(-1, 3))
-        mesh.texture.copy_(_logit(rgb).t().reshape(1, 3, R, R, R))
+        mesh.texture.copy_(torch.logit(rgb, eps=1e-3).t().reshape(1, 3, R, R, R))
     return mesh
 
 

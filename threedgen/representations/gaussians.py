@@ -19,11 +19,6 @@ from threedgen.render.types import RenderOutput
 SH_C0 = 0.28209479177387814  # degree-0 SH basis constant
 
 
-def _logit(p: Tensor) -> Tensor:
-    p = p.clamp(1e-4, 1 - 1e-4)
-    return torch.log(p / (1 - p))
-
-
 class Gaussians(nn.Module):
     @dataclass(frozen=True)
     class Config:
@@ -90,10 +85,10 @@ class Gaussians(nn.Module):
         scales = torch.full((n, 3), math.log(scale))
         quats = torch.zeros(n, 4)
         quats[:, 0] = 1.0
-        opacities = _logit(torch.full((n,), opacity))
+        opacities = torch.logit(torch.full((n,), opacity), eps=1e-4)
         rgb = rgb.detach().float().clamp(0, 1)
         if sh_degree == 0:
-            colors = _logit(rgb)
+            colors = torch.logit(rgb, eps=1e-4)
         else:
             colors = torch.zeros(n, (sh_degree + 1) ** 2, 3)
             colors[:, 0] = (rgb - 0.5) / SH_C0
