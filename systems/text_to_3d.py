@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
-from threedgen.config import RunConfig
+from threedgen.config import RunConfig, value_at
 from threedgen.evaluate import evaluate
 from threedgen.export.turntable import write_video
 from threedgen.guidance import GUIDANCE
@@ -30,7 +30,17 @@ from threedgen.representations.convert import convert
 from threedgen.runs import atomic_write, load_representation
 
 log = logging.getLogger("threedgen")
-FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints
+FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
+
+
+def clip_pixel_grad(rgb: torch.Tensor, clip: float) -> torch.Tensor:
+    """rgb unchanged, but the gradient flowing back into it is clamped to [-clip, clip] per pixel
+    and channel (Dreamer XL's pixel-by-pixel clipping); clip 0 = off."""
+    if clip <= 0 or not rgb.requires_grad:
+        return rgb
+    rgb = rgb.view_as(rgb)  # a new node, so the hook touches only this path
+    rgb.register_hook(lambda g: g.clamp(-clip, clip))
+    return rgb
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -46,7 +56,7 @@ class TextTo3D(pl.LightningModule):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         s = cfg.system
         self.prior = prior if prior is not None else load_prior(s.prior)
-        self.prompts = PromptProcessor(self.prior, cfg.prompt, cfg.negative_prompt)
+        self.prompts = PromptProcessor(self.prior, cfg.prompt, cfg.negative_prompt, s.prompts)
         if cfg.init_from and initialise:
             _, source = load_representation(Path(cfg.init_from))
             self.representation = convert(source, s.representation, seed=cfg.trainer.seed)
@@ -61,16 +71,22 @@ class TextTo3D(pl.LightningModule):
         self.automatic_optimization = False
         self.strict_loading = False  # checkpoints leave the frozen prior out
         self._t0 = None
+        self._evals = self._steps = 0  # prior evaluations and steps run in this session
 
     # --- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
-        self.optimizer_names = list(self.representation.optimizers().keys())
-        return list(self.representation.optimizers().values())
+        """The representation's optimizers, then the guidance's own (VSD's LoRA)."""
+        rep, guide = self.representation.optimizers(), self.guidance.optimizers()
+        self.optimizer_names = list(rep) + [f"guidance/{k}" for k in guide]
+        return list(rep.values()) + list(guide.values())
 
-    def _optimizers(self) -> dict:
+    def _optimizers(self) -> tuple[dict, dict]:
+        """(representation optimizers, guidance optimizers), by name."""
         opts = self.optimizers()
         opts = opts if isinstance(opts, list) else [opts]
-        return {n: o.optimizer for n, o in zip(self.optimizer_names, opts)}
+        named = {n: o.optimizer for n, o in zip(self.optimizer_names, opts)}
+        guide = {n: o for n, o in named.items() if n.startswith("guidance/")}
+        return {n: o for n, o in named.items() if n not in guide}, guide
 
     def on_train_batch_start(self, batch, batch_idx):
         if int(self.step_count) >= self.cfg.trainer.max_steps:
@@ -81,29 +97,33 @@ class TextTo3D(pl.LightningModule):
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
         cams = sample_cameras(cfg.system.camera.batch_size, self.ranges, cfg.system.camera.resolution, g)
-        opts = self._optimizers()
+        opts, guide_opts = self._optimizers()
         self.representation.pre_backward(step, opts)
         out = self.representation.render(cams, self.background, generator=g)
-        guided = self.guidance(out.rgb, self.prompts.conditioning(cams), step, generator=g)
+        rgb = clip_pixel_grad(out.rgb, value_at(cfg.system.pixel_grad_clip, step))
+        guided = self.guidance(rgb, self.prompts.conditioning(cams, step), step, generator=g)
         regs = self.representation.regularisers(out, step)
         loss = guided.loss + sum(regs.values())
-        for o in opts.values():
+        for o in (*opts.values(), *guide_opts.values()):
             o.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        for o in opts.values():
+        for o in (*opts.values(), *guide_opts.values()):
             o.step()
         self.representation.post_step(step, out, opts)
         self.step_count += 1
+        self._evals, self._steps = self._evals + guided.prior_evals, self._steps + 1
         self.log_dict({"grad": guided.grad_norm,
                        "t": guided.timesteps.float().mean() / self.prior.num_train_timesteps,
-                       **{f"reg/{k}": v.detach() for k, v in regs.items()}}, prog_bar=False)
+                       **guided.logs, **{f"reg/{k}": v.detach() for k, v in regs.items()}}, prog_bar=False)
         self.log("loss", guided.loss.detach(), prog_bar=True)
         if cfg.trainer.val_every and (step + 1) % cfg.trainer.val_every == 0:
             self.save_views(self.run_dir / "val" / f"step{step + 1:05d}.png")
 
     # --- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(FROZEN)}
+        frozen = {k for k, p in self.named_parameters() if not p.requires_grad}  # e.g. VSD's UNet copy
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
+                                    if not k.startswith(FROZEN) and k not in frozen}
 
     def on_load_checkpoint(self, checkpoint):
         rep = {k[len("representation."):]: v for k, v in checkpoint["state_dict"].items()
@@ -151,4 +171,7 @@ class TextTo3D(pl.LightningModule):
         m["steps"] = self.cfg.trainer.max_steps
         if self._t0 is not None:
             m["fit_seconds"] = round(time.time() - self._t0, 1)
+        if self._steps:
+            m["seconds_per_step"] = round((time.time() - self._t0) / self._steps, 4)
+            m["prior_evals_per_step"] = self._evals / self._steps
         return m

@@ -68,3 +68,40 @@ def test_weighted_terms_skip_zero_weights_and_follow_ramps():
     terms = {"a": (Ramp(start=0.0, end=2.0, until=10), lambda: 3.0), "b": (0.0, boom), "c": (0.5, lambda: 4.0)}
     assert weighted_terms(0, terms) == {"c": 2.0}  # the ramp starts at 0
     assert weighted_terms(5, terms) == {"a": 3.0, "c": 2.0}
+
+
+def test_base_recipe_is_merged_first(tmp_path):
+    (tmp_path / "parent.yaml").write_text(RECIPE)
+    child = tmp_path / "child.yaml"
+    child.write_text("base: parent.yaml\nsystem:\n  guidance: {name: vsd, lora_rank: 8}\n")
+    cfg = C.load([child], ["trainer.seed=3"])
+    assert cfg.system.guidance.name == "vsd" and cfg.system.guidance.lora_rank == 8
+    assert cfg.system.guidance.guidance_scale == 5  # inherited
+    assert cfg.trainer.max_steps == 10 and cfg.trainer.seed == 3 and cfg.name == "child"
+
+
+def test_base_recipe_errors(tmp_path):
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("base: loop.yaml\n")
+    with pytest.raises(C.ConfigError, match="includes itself"):
+        C.load([loop])
+    orphan = tmp_path / "orphan.yaml"
+    orphan.write_text("base: missing.yaml\n")
+    with pytest.raises(C.ConfigError, match="missing.yaml: cannot read"):
+        C.load([orphan])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("system.guidance.camera_dropout=2", "camera_dropout must be in"),
+    ("system.guidance.lora_rnk=2", "lora_rnk: unknown key; did you mean lora_rank"),
+    ("system.prompts.perp_neg=true", None),
+])
+def test_guidance_and_prompt_options_are_validated(tmp_path, override, message):
+    base = write(tmp_path, RECIPE.replace("name: sds, guidance_scale: 5", "name: vsd"))
+    if message is None:
+        assert C.load([base], [override]).system.prompts.perp_neg
+    else:
+        with pytest.raises(C.ConfigError, match=message):
+            C.load([base], [override])
+    with pytest.raises(C.ConfigError, match="perp_neg needs view-dependent"):
+        C.load([base], ["system.prompts.perp_neg=true", "system.prompts.view_dependent=false"])

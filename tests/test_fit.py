@@ -27,7 +27,7 @@ def fit(tmp_path, *overrides, config=NERF) -> "Path":
 
 def weights(run) -> dict:
     state = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    return {k: v for k, v in state.items() if k.startswith("representation.")}
+    return {k: v for k, v in state.items() if k.startswith(("representation.", "guidance."))}
 
 
 def assert_intact(run):
@@ -66,11 +66,15 @@ def test_same_seed_same_result(tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_kill_and_resume_matches_uninterrupted(tmp_path):
+@pytest.mark.parametrize("recipe", ["nerf-sds", "nerf-vsd"])
+def test_kill_and_resume_matches_uninterrupted(tmp_path, recipe):
+    """SIGKILL mid-run, resume, compare with a straight run. VSD: its LoRA and the LoRA's optimizer
+    state must be in the checkpoint (and the frozen UNet copy must not)."""
+    config = str(REPO / "configs" / f"{recipe}.yaml")
     steps = ["prompt=a green cone", "trainer.max_steps=24", "trainer.ckpt_every=4", "trainer.threads=1"]
     killed_root = tmp_path / "killed"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "threedgen.cli", "fit", "--config", NERF,
+    proc = subprocess.Popen([sys.executable, "-m", "threedgen.cli", "fit", "--config", config,
                              f"output_dir={killed_root}", *TINY, *steps],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -82,15 +86,22 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
     (run,) = run_dirs(killed_root)
     saved = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
     assert 0 < int(saved["state_dict"]["step_count"]) < 24  # really interrupted
+    guidance_keys = [k for k in saved["state_dict"] if k.startswith("guidance.")]
+    if recipe == "nerf-vsd":
+        assert guidance_keys and all("lora" in k or "class_embedding.pose" in k for k in guidance_keys)
+        assert len(saved["optimizer_states"]) == 2  # the NeRF's and the LoRA's
+    else:
+        assert not guidance_keys
     assert main(["fit", "--resume", str(run)]) == 0
     resumed = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
     assert int(resumed["state_dict"]["step_count"]) == 24
     assert_intact(run)
 
-    straight = weights(fit(tmp_path / "straight", *steps))
+    straight = weights(fit(tmp_path / "straight", *steps, config=config))
     got = weights(run)
     for k in straight:
         torch.testing.assert_close(got[k], straight[k], rtol=1e-4, atol=1e-5)
     m1 = json.loads((run / "metrics.json").read_text())
     m2 = json.loads((run_dirs(tmp_path / "straight")[0] / "metrics.json").read_text())
     assert abs(m1["iou"] - m2["iou"]) < 0.01
+

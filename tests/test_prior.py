@@ -67,7 +67,7 @@ def test_one_step_denoising_shows_the_prompt(prior):
         a = prior.alphas_cumprod[700]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * torch.randn(x0.shape, generator=g)
         with torch.no_grad():
-            eps, _, _ = guided_noise(prior, xt, torch.full((len(prompts),), 700), cond, 3.0)
+            eps = guided_noise(prior, xt, torch.full((len(prompts),), 700), cond, 3.0).eps
         return classifier.predict(prior.decode((xt - (1 - a).sqrt() * eps) / a.sqrt()).clamp(0, 1))
 
     shapes, colours = denoise([world.prompt_for(s, c) for s, c in combos])

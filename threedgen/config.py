@@ -1,7 +1,8 @@
 """Typed configuration: dataclass schema, YAML recipes, dotted overrides, whole-tree validation.
 
 ``load(["configs/gaussians-sds.yaml"], ["prompt=a red cube", "trainer.max_steps=800"])`` merges the
-files left to right with OmegaConf, applies the overrides, then builds the dataclass tree. Every
+files left to right with OmegaConf (a file's ``base: other.yaml`` is merged first, so a variant
+recipe holds only what it changes), applies the overrides, then builds the dataclass tree. Every
 problem raises ``ConfigError`` with the dotted path, before anything heavy is built:
 
     system.guidance.guidence_scale: unknown key; did you mean guidance_scale?
@@ -84,6 +85,23 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class PromptConfig:
+    """Angles in degrees. view_dependent None: on unless the prior is camera-conditioned."""
+
+    view_dependent: bool | None = None
+    front_threshold: Scheduled = 45.0  # |azimuth| < this: front view
+    back_threshold: Scheduled = 45.0  # |azimuth| > 180 - this: back view
+    overhead_threshold: Scheduled = 60.0  # elevation > this: overhead view (before azimuth)
+    perp_neg: bool = False
+    perp_neg_weight: Scheduled = 1.0
+    cache: bool = True
+
+    def __post_init__(self):
+        if self.perp_neg and self.view_dependent is False:
+            raise ValueError("perp_neg needs view-dependent prompts (view_dependent: true or unset)")
+
+
+@dataclass(frozen=True)
 class PriorConfig:
     name: Literal["embedded"] = "embedded"
     path: str | None = None  # a diffusers folder or hub id; None = the prior shipped in the package
@@ -121,7 +139,10 @@ class SystemConfig:
     guidance: Any  # a guidance method's Config, chosen by its ``name``
     prior: PriorConfig = field(default_factory=PriorConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Clamp the gradient reaching each rendered pixel to [-c, c] (Dreamer XL); 0 = off.
+    pixel_grad_clip: Scheduled = 0.0
 
 
 @dataclass(frozen=True)
@@ -235,16 +256,28 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def _read(f: str | Path, seen: tuple = ()) -> list:
+    """One recipe file as OmegaConf parts: its ``base:`` recipe's parts (a path relative to the
+    file, read first, recursively), then its own keys."""
+    f = Path(f)
+    try:
+        part = OmegaConf.load(f)
+    except OSError as e:
+        raise ConfigError(f"{f}: cannot read config file ({e.strerror})") from None
+    except Exception as e:  # YAML syntax errors
+        raise ConfigError(f"{f}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if "base" not in part:
+        return [part]
+    base = f.parent / str(part.pop("base"))
+    if base.resolve() in (*seen, f.resolve()):
+        raise ConfigError(f"{f}: base: {base} includes itself")
+    return _read(base, (*seen, f.resolve())) + [part]
+
+
 def load(files: list[str | Path], overrides: list[str] = ()) -> RunConfig:
-    """Merge YAML files and ``key=value`` overrides, then validate the whole tree."""
-    parts = []
-    for f in files:
-        try:
-            parts.append(OmegaConf.load(f))
-        except OSError as e:
-            raise ConfigError(f"{f}: cannot read config file ({e.strerror})") from None
-        except Exception as e:  # YAML syntax errors
-            raise ConfigError(f"{f}: invalid YAML ({str(e).splitlines()[0]})") from None
+    """Merge YAML files (each after its ``base:`` recipe) and ``key=value`` overrides, then
+    validate the whole tree."""
+    parts = [p for f in files for p in _read(f)]
     try:
         for o in overrides:
             if "=" not in o:

@@ -1,22 +1,107 @@
-"""Prompt processing: text embeddings for a run's prompt, cached, expanded per view."""
+"""Prompt processing: per-view text conditions for the guidance.
+
+- Negative prompt: CFG's unconditional branch (``Conditioning.uncond``); C-SDS also reads it alone.
+- View-dependent prompts (DreamFusion): "<prompt>, front view" / "side view" / "back view" /
+  "overhead view", chosen per view by azimuth and elevation thresholds (azimuth 0 is the front,
+  +x). Off by default for camera-conditioned priors: their camera input already says the view.
+- Perp-Neg (Armandpour et al. 2023, arXiv:2304.04968), with view-dependent prompts: each view's
+  CFG direction loses its components along the other views' prompts, perpendicular to its own.
+  A back or side view is pushed away from "front view", a front view away from "back view";
+  overhead views get no negatives. Two extra prior evaluations per view.
+- Text embeddings are cached on disk, keyed by the text encoder (path and weights file) and the
+  prompt, under $THREEDGEN_CACHE (default ~/.cache/threedgen)/text-embeddings.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
 from threedgen.cameras import Cameras
+from threedgen.config import ConfigError, PromptConfig, value_at
 from threedgen.guidance.base import Conditioning
+
+VIEWS = ("front", "side", "back", "overhead")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("THREEDGEN_CACHE", Path.home() / ".cache" / "threedgen")) / "text-embeddings"
+
+
+def encode_cached(prior, prompts: list[str], use_cache: bool = True) -> Tensor:
+    """prompts -> [N, L, D] embeddings, each read from or written to the disk cache when the
+    prior names its text encoder (``prior.text_encoder_id``)."""
+    model = getattr(prior, "text_encoder_id", None)
+    if not use_cache or model is None:
+        return prior.encode_prompts(prompts)
+    key = lambda p: hashlib.sha256(f"{model}|{p}".encode()).hexdigest()[:32]  # noqa: E731
+    paths = [cache_dir() / f"{key(p)}.pt" for p in prompts]
+    missing = [i for i, p in enumerate(paths) if not p.is_file()]
+    if missing:
+        fresh = prior.encode_prompts([prompts[i] for i in missing])
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        for i, emb in zip(missing, fresh):
+            tmp = paths[i].with_suffix(f".{os.getpid()}.tmp")
+            torch.save(emb.clone().cpu(), tmp)
+            tmp.replace(paths[i])
+    else:
+        for p in prompts:
+            prior.check_prompt(p)  # a cached prompt is still checked against the vocabulary
+    device = prior.alphas_cumprod.device
+    return torch.stack([torch.load(p, map_location=device, weights_only=True) for p in paths])
+
+
+def view_index(cameras: Cameras, cfg: PromptConfig, step: int) -> Tensor:
+    """[B] index into VIEWS for each camera."""
+    az = (cameras.azimuth + 180) % 360 - 180  # (-180, 180]
+    front, back = value_at(cfg.front_threshold, step), value_at(cfg.back_threshold, step)
+    idx = torch.ones_like(az, dtype=torch.long)  # side
+    idx[az.abs() < front] = 0
+    idx[az.abs() > 180 - back] = 2
+    idx[cameras.elevation > value_at(cfg.overhead_threshold, step)] = 3
+    return idx
 
 
 class PromptProcessor:
-    """Encodes the prompt and the negative prompt once; ``conditioning(cameras)`` expands them
-    to a batch. The prompt is checked against the prior's vocabulary up front."""
+    """Encodes every prompt a run needs once (checked against the prior's vocabulary up front);
+    ``conditioning(cameras, step)`` picks each view's."""
 
-    def __init__(self, prior, prompt: str, negative_prompt: str = ""):
-        self.prior = prior
-        emb = prior.encode_prompts([prompt, negative_prompt])  # [2, L, D]
-        self.text, self.uncond = emb[:1], emb[1:]
+    def __init__(self, prior, prompt: str, negative_prompt: str = "", cfg: PromptConfig = PromptConfig()):
+        self.prior, self.cfg = prior, cfg
+        has_camera = prior.camera_condition(None, 1) is not None
+        self.view_dependent = (not has_camera) if cfg.view_dependent is None else cfg.view_dependent
+        if cfg.perp_neg and not self.view_dependent:
+            raise ConfigError("system.prompts.perp_neg: needs view-dependent prompts, which are off for "
+                              "a camera-conditioned prior unless system.prompts.view_dependent is true")
+        texts = [prompt, ""] + ([negative_prompt] if negative_prompt else [])
+        if self.view_dependent:
+            texts += [f"{prompt}, {v} view" for v in VIEWS]
+        emb = encode_cached(prior, texts, cfg.cache)  # [N, L, D]
+        self.text, self.null_text = emb[:1], emb[1:2]
+        self.negative = emb[2:3] if negative_prompt else None
+        self.views = emb[-len(VIEWS):] if self.view_dependent else None  # [4, L, D]
 
-    def conditioning(self, cameras: Cameras | None, batch: int | None = None) -> Conditioning:
+    def conditioning(self, cameras: Cameras | None, step: int = 0, batch: int | None = None) -> Conditioning:
         """Conditions for B = len(cameras) views (or ``batch`` views with the null camera)."""
         B = len(cameras) if cameras is not None else batch
-        return Conditioning(self.text.expand(B, -1, -1), self.uncond.expand(B, -1, -1),
-                            self.prior.camera_condition(cameras, B), self.prior.camera_condition(None, B))
+        prior = self.prior
+        expand = lambda e: e.expand(B, -1, -1)  # noqa: E731
+        text, perp_neg, pose = expand(self.text), (), None
+        if cameras is not None:
+            pose = cameras.c2w.reshape(B, 16).to(self.text.device)
+            if self.view_dependent:
+                idx = view_index(cameras, self.cfg, step).to(self.text.device)
+                text = self.views[idx]
+                if self.cfg.perp_neg:
+                    w = value_at(self.cfg.perp_neg_weight, step)
+                    front_w = torch.where((idx == 1) | (idx == 2), w, 0.0)  # side/back: away from front
+                    back_w = torch.where(idx == 0, w, 0.0)  # front: away from back
+                    perp_neg = ((expand(self.views[0:1]), front_w), (expand(self.views[2:3]), back_w))
+        return Conditioning(text, expand(self.null_text), prior.camera_condition(cameras, B),
+                            prior.camera_condition(None, B),
+                            negative=None if self.negative is None else expand(self.negative),
+                            pose=pose, perp_neg=perp_neg)

@@ -1,18 +1,27 @@
-"""What every guidance method shares: its inputs, its output, and the CFG convention.
+"""What every guidance method shares: its inputs, its output, the CFG convention and the
+diffusion arithmetic (noising, DDIM hops) the methods are written in.
 
 Classifier-free guidance follows diffusers: eps = eps_u + w (eps_c - eps_u), where the
 conditional branch sees (prompt, camera) and the unconditional one sees (negative prompt or "",
 null camera). Guiding on the joint condition also amplifies the camera's effect, which helps a
 weakly camera-aware prior; setting ``use_camera: false`` in a method's config gives both branches
-the null camera (the Janus control).
+the null camera (the Janus control). With Perp-Neg (``Conditioning.perp_neg``) each negative's
+component perpendicular to the positive direction is subtracted (Armandpour et al. 2023):
+
+    eps = eps_u + w [(eps_c - eps_u) - sum_i w_i perp(eps_i - eps_u, eps_c - eps_u)]
+
+Notation in the method files: x is what the prior sees (pixels or a latent),
+x_t = sqrt(a_t) x + sqrt(1 - a_t) eps with a_t = alphas_cumprod[t], w(t) the weighting.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from threedgen.priors.base import Prior
 
@@ -21,40 +30,109 @@ from threedgen.priors.base import Prior
 class Conditioning:
     """Per-view conditions for a batch of B renders.
 
-    text, uncond: [B, L, D] prompt embeddings (uncond = negative prompt or "");
-    camera, null_camera: [B, Dc] the prior's camera features, or None for priors without them.
+    text: [B, L, D] the prompt, per view (view-dependent prompts differ between views);
+    null_text: [B, L, D] the empty prompt "";
+    camera, null_camera: [B, Dc] the prior's camera features, or None for priors without them;
+    negative: [B, L, D] the negative prompt, or None;
+    pose: [B, 16] flattened c2w of each view (zeros when unknown), for guidance modules that learn
+        their own camera embedding (VSD's LoRA);
+    perp_neg: Perp-Neg's negatives, ((text_i [B, L, D], weight_i [B]), ...); empty when off.
     """
 
     text: Tensor
-    uncond: Tensor
+    null_text: Tensor
     camera: Tensor | None
     null_camera: Tensor | None
+    negative: Tensor | None = None
+    pose: Tensor | None = None
+    perp_neg: tuple[tuple[Tensor, Tensor], ...] = field(default=())
+
+    @property
+    def uncond(self) -> Tensor:
+        """[B, L, D] what CFG's unconditional branch sees: the negative prompt, else ""."""
+        return self.negative if self.negative is not None else self.null_text
 
 
 @dataclass(frozen=True)
 class GuidanceOutput:
     """loss: scalar whose gradient w.r.t. the renders is the method's G (summed over pixels, mean
-    over views); grad_norm: mean per-view L2 norm of G; timesteps [B] the integer t used;
-    prior_evals: images pushed through the prior's denoiser (a CFG pair counts 2)."""
+    over views), plus any loss of the guidance's own trainable parts (VSD's LoRA), which does not
+    reach the renders; grad_norm: mean per-view L2 norm of G; timesteps [B] the integer t used;
+    prior_evals: images pushed through a denoiser (a CFG pair counts 2, a LoRA training image 1);
+    logs: extra scalars for the progress log."""
 
     loss: Tensor
     grad_norm: float
     timesteps: Tensor
     prior_evals: int
+    logs: dict = field(default_factory=dict)
+
+
+class Guidance(nn.Module):
+    """A guidance method: ``forward(rgb, cond, step, generator) -> GuidanceOutput``.
+
+    Methods with trainable parts of their own (VSD's LoRA) return their optimizers from
+    ``optimizers()``; the system steps them with the representation's."""
+
+    def __init__(self, cfg, prior: Prior):
+        super().__init__()
+        self.cfg, self.prior = cfg, prior
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {}
+
+
+class Guided(NamedTuple):
+    """CFG result, each [B, C, h, w]: the guided eps, the conditional and the unconditional
+    branch; evals: images pushed through the prior."""
+
+    eps: Tensor
+    eps_c: Tensor
+    eps_u: Tensor
+    evals: int
+
+
+def predict_branches(prior: Prior, x_t: Tensor, t: Tensor,
+                     branches: list[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+    """One batched prior call for K (text [B, L, D], camera [B, Dc] | None) branches that share
+    x_t [B, C, h, w] and t [B] -> K eps tensors [B, C, h, w]."""
+    K = len(branches)
+    cams = [c for _, c in branches]
+    camera = None if cams[0] is None else torch.cat(cams)
+    eps = prior.predict_noise(x_t.repeat(K, 1, 1, 1), t.repeat(K),
+                              torch.cat([text for text, _ in branches]), camera)
+    return list(eps.chunk(K))
+
+
+def perpendicular(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample component of a [B, ...] perpendicular to b [B, ...]."""
+    dot = (a * b).flatten(1).sum(1) / b.flatten(1).pow(2).sum(1).clamp_min(1e-12)
+    return a - dot.view(-1, *[1] * (a.dim() - 1)) * b
 
 
 def guided_noise(prior: Prior, x_t: Tensor, t: Tensor, cond: Conditioning, scale: float,
-                 use_camera: bool = True) -> tuple[Tensor, Tensor, Tensor]:
-    """One batched prior call for both CFG branches.
+                 use_camera: bool = True) -> Guided:
+    """Classifier-free guidance (with Perp-Neg when ``cond.perp_neg``), in one batched prior call.
 
-    x_t [B, C, h, w], t [B] -> (eps_cfg, eps_c, eps_u), each [B, C, h, w].
+    x_t [B, C, h, w], t [B] -> Guided(eps, eps_c, eps_u, evals).
     """
     cam_c = cond.camera if use_camera else cond.null_camera
-    camera = None if cam_c is None else torch.cat([cam_c, cond.null_camera])
-    eps = prior.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]),
-                              torch.cat([cond.text, cond.uncond]), camera)
-    eps_c, eps_u = eps.chunk(2)
-    return eps_u + scale * (eps_c - eps_u), eps_c, eps_u
+    branches = [(cond.text, cam_c), (cond.uncond, cond.null_camera)]
+    branches += [(text, cam_c) for text, _ in cond.perp_neg]
+    eps_c, eps_u, *eps_neg = predict_branches(prior, x_t, t, branches)
+    e_pos = eps_c - eps_u
+    direction = e_pos
+    for (_, w_i), eps_i in zip(cond.perp_neg, eps_neg):
+        direction = direction - w_i.view(-1, 1, 1, 1) * perpendicular(eps_i - eps_u, e_pos)
+    return Guided(eps_u + scale * direction, eps_c, eps_u, len(branches) * len(x_t))
+
+
+def to_prior_input(prior: Prior, rgb: Tensor) -> Tensor:
+    """rgb [B, 3, H, W] in [0, 1] -> x [B, C, h, w]: resized to the prior's resolution (antialiased)
+    and encoded, differentiably."""
+    if rgb.shape[-1] != prior.resolution:
+        rgb = F.interpolate(rgb, (prior.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+    return prior.encode_images(rgb)
 
 
 def inject(x: Tensor, grad: Tensor) -> Tensor:
@@ -63,9 +141,21 @@ def inject(x: Tensor, grad: Tensor) -> Tensor:
     return 0.5 * (x - target).pow(2).sum() / x.shape[0]
 
 
+def output(x: Tensor, grad: Tensor, t: Tensor, evals: int, extra_loss: Tensor | None = None,
+           logs: dict | None = None) -> GuidanceOutput:
+    """The GuidanceOutput that injects G = grad [B, C, h, w] into x."""
+    loss = inject(x, grad) if extra_loss is None else inject(x, grad) + extra_loss
+    return GuidanceOutput(loss, grad.flatten(1).norm(dim=1).mean().item(), t, evals, logs or {})
+
+
+def bcast(v: Tensor) -> Tensor:
+    """[B] -> [B, 1, 1, 1]."""
+    return v.view(-1, 1, 1, 1)
+
+
 def weight(kind: str, alphas_cumprod_t: Tensor) -> Tensor:
     """w(t) [B] for the named weighting: "sds" 1 - a_t (DreamFusion), "uniform" 1,
-    "fantasia" sqrt(a_t) (1 - a_t) (Fantasia3D)."""
+    "fantasia" sqrt(a_t) (1 - a_t) (Fantasia3D), "ism" sqrt((1 - a_t) / a_t) (LucidDreamer)."""
     a = alphas_cumprod_t
     if kind == "sds":
         return 1 - a
@@ -73,6 +163,8 @@ def weight(kind: str, alphas_cumprod_t: Tensor) -> Tensor:
         return torch.ones_like(a)
     if kind == "fantasia":
         return a.sqrt() * (1 - a)
+    if kind == "ism":
+        return ((1 - a) / a).sqrt()
     raise ValueError(f"unknown weighting {kind!r}")
 
 
@@ -81,3 +173,21 @@ def sample_timesteps(batch: int, t_min: float, t_max: float, num_train_timesteps
     """[B] integer t uniform in [t_min, t_max] * T."""
     lo, hi = int(t_min * num_train_timesteps), int(t_max * num_train_timesteps)
     return torch.randint(lo, max(hi, lo + 1), (batch,), generator=generator)
+
+
+def add_noise(x: Tensor, noise: Tensor, a: Tensor) -> Tensor:
+    """x_t = sqrt(a) x + sqrt(1 - a) noise, with a [B] the alphas_cumprod of each sample's t."""
+    return bcast(a).sqrt() * x + bcast(1 - a).sqrt() * noise
+
+
+def ddim_hop(x: Tensor, eps: Tensor, a_from: Tensor, a_to: Tensor) -> Tensor:
+    """Deterministic DDIM (eta = 0) from noise level a_from to a_to, each [B] alphas_cumprod:
+
+        x0_hat = (x - sqrt(1 - a_from) eps) / sqrt(a_from);   x' = sqrt(a_to) x0_hat + sqrt(1 - a_to) eps
+
+    Downwards (a_to > a_from) it is a DDIM sampling step; upwards, with eps predicted at the
+    lower level, it is a DDIM inversion step. Written out rather than taken from diffusers'
+    DDIMScheduler / DDIMInverseScheduler: those step along one fixed grid shared by the batch,
+    while ISM and TSM hop between per-view timesteps."""
+    x0 = (x - bcast(1 - a_from).sqrt() * eps) / bcast(a_from).sqrt()
+    return bcast(a_to).sqrt() * x0 + bcast(1 - a_to).sqrt() * eps

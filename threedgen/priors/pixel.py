@@ -9,6 +9,7 @@ camera features the UNet's projected class embedding was trained on (the embedde
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -38,6 +39,7 @@ class PixelPrior(nn.Module):
         factor = codec.config.factor if codec is not None else 1
         self.resolution = unet.config.sample_size * factor
         self.vocabulary = world["vocabulary"] if world else None
+        self.text_encoder_id: str | None = None  # names the text encoder for the embedding cache
         self.has_camera = (unet.config.class_embed_type == "projection"
                            and unet.config.projection_class_embeddings_input_dim == CAMERA_DIM
                            and world is not None)
@@ -65,14 +67,17 @@ class PixelPrior(nn.Module):
                 first = str(e).splitlines()[0] if str(e) else ""
                 raise PriorLoadError(f"prior {path}: cannot load {sub}/ ({type(e).__name__}: {first})") from e
         world = json.loads((path / "world.json").read_text()) if (path / "world.json").is_file() else None
-        return cls(parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"], parts["vae"], world)
+        prior = cls(parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"], parts["vae"], world)
+        weights = (path / "text_encoder" / "model.safetensors").stat()
+        prior.text_encoder_id = f"{path.resolve()}|{weights.st_size}|{weights.st_mtime_ns}"
+        return prior
 
     # --- text -------------------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> None:
         """Raise PromptError for words outside a closed vocabulary (no-op for open ones)."""
         if self.vocabulary is None:
             return
-        unknown = [w for w in prompt.lower().split() if w not in self.vocabulary]
+        unknown = [w for w in re.findall(r"[\w']+", prompt.lower()) if w not in self.vocabulary]
         if unknown:
             raise PromptError(f"prompt {prompt!r}: unknown word{'s' if len(unknown) > 1 else ''} "
                               f"{', '.join(map(repr, unknown))}; the prior's vocabulary is: "

@@ -37,6 +37,6 @@ def ddim_sample(prior, cond: Conditioning, guidance_scale: float = 3.0, steps: i
         x = abar.sqrt() * mean + (1 - abar).sqrt() * x
     for t in timesteps:
         tt = torch.full((B,), int(t), device=x.device, dtype=torch.long)
-        eps, _, _ = guided_noise(prior, x, tt, cond, guidance_scale)
+        eps = guided_noise(prior, x, tt, cond, guidance_scale).eps
         x = scheduler.step(eps, t, x).prev_sample
     return prior.decode(x).clamp(0, 1)
