@@ -22,6 +22,7 @@ from threedgen.config import RunConfig, value_at
 from threedgen.evaluate import evaluate
 from threedgen.export.turntable import write_video
 from threedgen.guidance import GUIDANCE
+from threedgen.guidance.base import clip_pixel_grad
 from threedgen.priors.embedded.classifier import WorldClassifier
 from threedgen.priors.pixel import EMBEDDED_PATH, load_prior
 from threedgen.prompts import PromptProcessor
@@ -31,16 +32,6 @@ from threedgen.runs import atomic_write, load_representation
 
 log = logging.getLogger("threedgen")
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
-
-
-def clip_pixel_grad(rgb: torch.Tensor, clip: float) -> torch.Tensor:
-    """rgb unchanged, but the gradient flowing back into it is clamped to [-clip, clip] per pixel
-    and channel (Dreamer XL's pixel-by-pixel clipping); clip 0 = off."""
-    if clip <= 0 or not rgb.requires_grad:
-        return rgb
-    rgb = rgb.view_as(rgb)  # a new node, so the hook touches only this path
-    rgb.register_hook(lambda g: g.clamp(-clip, clip))
-    return rgb
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

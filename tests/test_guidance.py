@@ -301,3 +301,15 @@ def test_every_method_shares_the_signature_and_reports_cost(prior, cond, rgb, na
     assert g.shape == rgb.shape and torch.isfinite(g).all() and g.abs().sum() > 0
     assert out.timesteps.shape == (len(rgb),) and out.prior_evals >= 2 * len(rgb)
     assert out.grad_norm > 0
+
+
+def test_pixel_grad_clip_clamps_only_the_gradient():
+    from threedgen.guidance.base import clip_pixel_grad
+
+    rgb = torch.rand(2, 3, 4, 4, requires_grad=True)
+    out = clip_pixel_grad(rgb, 0.5)
+    assert torch.equal(out, rgb)
+    g = torch.linspace(-2, 2, out.numel()).view_as(out)
+    out.backward(g)
+    torch.testing.assert_close(rgb.grad, g.clamp(-0.5, 0.5))
+    assert clip_pixel_grad(rgb, 0.0) is rgb  # 0 = off

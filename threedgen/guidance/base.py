@@ -148,6 +148,16 @@ def output(x: Tensor, grad: Tensor, t: Tensor, evals: int, extra_loss: Tensor | 
     return GuidanceOutput(loss, grad.flatten(1).norm(dim=1).mean().item(), t, evals, logs or {})
 
 
+def clip_pixel_grad(rgb: Tensor, clip: float) -> Tensor:
+    """rgb unchanged, but the gradient flowing back into it is clamped to [-clip, clip] per pixel
+    and channel (Dreamer XL's pixel-by-pixel clipping); clip 0 = off."""
+    if clip <= 0 or not rgb.requires_grad:
+        return rgb
+    rgb = rgb.view_as(rgb)  # a new node, so the hook touches only this path
+    rgb.register_hook(lambda g: g.clamp(-clip, clip))
+    return rgb
+
+
 def bcast(v: Tensor) -> Tensor:
     """[B] -> [B, 1, 1, 1]."""
     return v.view(-1, 1, 1, 1)
