@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     jobs = [(m, p, 0) for m in args.methods for p in PROMPTS] + [(m, PROMPTS[0], s) for m in args.methods for s in SEEDS[1:]]
     with ThreadPoolExecutor(args.jobs) as pool:
         runs = dict(zip(jobs, pool.map(lambda j: fit(args.representation, *j, args.out), jobs)))
-    print(f"| method | s/step | prior evals/step | IoU | colour error | prompts right | diversity |")
+    print("| method | s/step | prior evals/step | IoU | colour error | prompts right | diversity |")
     print("|---|---|---|---|---|---|---|")
     for m in args.methods:
         ms = [json.loads((runs[(m, p, 0)] / "metrics.json").read_text()) for p in PROMPTS]

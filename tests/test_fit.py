@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import imageio.v2 as imageio
 import pytest
@@ -18,7 +19,7 @@ from threedgen.cli import main
 NERF = str(REPO / "configs" / "nerf-sds.yaml")
 
 
-def fit(tmp_path, *overrides, config=NERF) -> "Path":
+def fit(tmp_path, *overrides, config=NERF) -> Path:
     before = set(run_dirs(tmp_path))
     assert main(["fit", "--config", config, f"output_dir={tmp_path}", *TINY, *overrides]) == 0
     (run,) = set(run_dirs(tmp_path)) - before

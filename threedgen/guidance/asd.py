@@ -20,7 +20,8 @@ from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
 from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise, bcast,
-                                     guided_noise, output, predict_branches, sample_timesteps, to_prior_input, weight)
+                                     encode_and_draw, guided_noise, output, predict_branches,
+                                     weight)
 from threedgen.guidance.sds import Weighting
 
 
@@ -40,10 +41,8 @@ class ASD(Guidance):
         """rgb [B, 3, H, W] renders in [0, 1] -> GuidanceOutput (gradient flows to rgb)."""
         prior, cfg = self.prior, self.cfg
         T = prior.num_train_timesteps
-        x = to_prior_input(prior, rgb)
         t_min = value_at(cfg.t_min, step)
-        t = sample_timesteps(len(x), t_min, value_at(cfg.t_max, step), T, generator).to(x.device)
-        noise = torch.randn(x.shape, generator=generator).to(x)
+        x, t, noise = encode_and_draw(prior, rgb, t_min, value_at(cfg.t_max, step), generator)
         u = torch.rand(len(x), generator=generator).to(x.device)
         shift = (value_at(cfg.shift_ratio, step) * (t - int(t_min * T)).clamp_min(0) * u).long()
         t_later = (t + shift).clamp_max(T - 1)

@@ -135,6 +135,15 @@ def to_prior_input(prior: Prior, rgb: Tensor) -> Tensor:
     return prior.encode_images(rgb)
 
 
+def encode_and_draw(prior: Prior, rgb: Tensor, t_min: float, t_max: float,
+                    generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+    """The start of a noise-based method's step: rgb [B, 3, H, W] -> (x [B, C, h, w] encoded,
+    differentiable; t [B] ~ U[t_min, t_max] * T; eps [B, C, h, w] ~ N(0, I)), drawn in that order."""
+    x = to_prior_input(prior, rgb)
+    t = sample_timesteps(len(x), t_min, t_max, prior.num_train_timesteps, generator).to(x.device)
+    return x, t, torch.randn(x.shape, generator=generator).to(x)
+
+
 def inject(x: Tensor, grad: Tensor) -> Tensor:
     """Loss whose gradient w.r.t. x is grad / B: 0.5 * ||x - (x - grad).detach()||^2 / B."""
     target = (x - grad).detach()

@@ -24,7 +24,8 @@ from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
 from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise, bcast,
-                                     guided_noise, output, predict_branches, sample_timesteps, to_prior_input, weight)
+                                     encode_and_draw, guided_noise, output, predict_branches,
+                                     weight)
 from threedgen.guidance.sds import Weighting
 
 
@@ -44,11 +45,8 @@ class CSDS(Guidance):
                 generator: torch.Generator | None = None) -> GuidanceOutput:
         """rgb [B, 3, H, W] renders in [0, 1] -> GuidanceOutput (gradient flows to rgb)."""
         prior, cfg = self.prior, self.cfg
-        x = to_prior_input(prior, rgb)
-        t = sample_timesteps(len(x), value_at(cfg.t_min, step), value_at(cfg.t_max, step),
-                             prior.num_train_timesteps, generator).to(x.device)
+        x, t, noise = encode_and_draw(prior, rgb, value_at(cfg.t_min, step), value_at(cfg.t_max, step), generator)
         a = prior.alphas_cumprod[t]
-        noise = torch.randn(x.shape, generator=generator).to(x)
         with torch.no_grad():
             x_t = add_noise(x, noise, a)
             # At scale 1, eps - eps_u is the classifier score (with Perp-Neg's correction if on).

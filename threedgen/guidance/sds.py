@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
-from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise, guided_noise,
-                                     output, sample_timesteps, to_prior_input, weight)
+from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise,
+                                     encode_and_draw, guided_noise, output, weight)
 
 Weighting = Literal["sds", "uniform", "fantasia", "ism"]
 
@@ -35,11 +35,8 @@ class SDS(Guidance):
                 generator: torch.Generator | None = None) -> GuidanceOutput:
         """rgb [B, 3, H, W] renders in [0, 1] -> GuidanceOutput (gradient flows to rgb)."""
         prior, cfg = self.prior, self.cfg
-        x = to_prior_input(prior, rgb)
-        t = sample_timesteps(len(x), value_at(cfg.t_min, step), value_at(cfg.t_max, step),
-                             prior.num_train_timesteps, generator).to(x.device)
+        x, t, noise = encode_and_draw(prior, rgb, value_at(cfg.t_min, step), value_at(cfg.t_max, step), generator)
         a = prior.alphas_cumprod[t]
-        noise = torch.randn(x.shape, generator=generator).to(x)
         with torch.no_grad():
             guided = guided_noise(prior, add_noise(x, noise, a), t, cond,
                                   value_at(cfg.guidance_scale, step), cfg.use_camera)

@@ -32,8 +32,8 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from threedgen.config import Scheduled, value_at
-from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise, bcast, guided_noise,
-                                     output, sample_timesteps, to_prior_input, weight)
+from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise, bcast,
+                                     encode_and_draw, guided_noise, output, weight)
 from threedgen.guidance.sds import Weighting
 
 POSE_DIM = 16  # a flattened 4x4 camera-to-world matrix
@@ -139,11 +139,8 @@ class VSD(Guidance):
                 generator: torch.Generator | None = None) -> GuidanceOutput:
         """rgb [B, 3, H, W] renders in [0, 1] -> GuidanceOutput; its loss also trains eps_phi."""
         prior, cfg = self.prior, self.cfg
-        x = to_prior_input(prior, rgb)
-        t = sample_timesteps(len(x), value_at(cfg.t_min, step), value_at(cfg.t_max, step),
-                             prior.num_train_timesteps, generator).to(x.device)
+        x, t, noise = encode_and_draw(prior, rgb, value_at(cfg.t_min, step), value_at(cfg.t_max, step), generator)
         a = prior.alphas_cumprod[t]
-        noise = torch.randn(x.shape, generator=generator).to(x)
         with torch.no_grad():
             x_t = add_noise(x, noise, a)
             guided = guided_noise(prior, x_t, t, cond, value_at(cfg.guidance_scale, step), cfg.use_camera)

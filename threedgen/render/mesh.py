@@ -119,7 +119,7 @@ def _box_pixels(lo: Tensor, hi: Tensor, height: int, width: int) -> tuple[Tensor
 def _visible_faces(xy: Tensor, z: Tensor, faces: Tensor, height: int, width: int,
                    near: float) -> Tensor:
     """Z-buffer. xy [B, V, 2], z [B, V] -> [B * H * W] long: front face id per pixel, -1 if empty."""
-    B, F_ = xy.shape[0], faces.shape[0]
+    B = xy.shape[0]
     xy, z = xy.float(), z.float()
     tri, tz = xy[:, faces], z[:, faces]  # [B, F, 3, 2], [B, F, 3]
     area = _cross2(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0])  # [B, F]
