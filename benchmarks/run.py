@@ -19,7 +19,7 @@ from benchmarks.gaussians import bench_rasterizer
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import load as load_config
 from threedgen.guidance.sds import SDS
-from threedgen.priors.pixel import EMBEDDED_PATH, PixelPrior
+from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
 from threedgen.prompts import PromptProcessor
 from threedgen.representations import REPRESENTATIONS
 
@@ -110,7 +110,7 @@ def main(args) -> int:
     def row(case: str, t: str, note: str) -> None:  # printed as measured: the whole bench takes minutes
         print(f"{case:<44}  {t:>9}  {note}", flush=True)
 
-    prior = PixelPrior.from_pretrained(EMBEDDED_PATH)
+    prior = DiffusionPrior.from_pretrained(EMBEDDED_PATH)
     p = bench_prior(prior, repeats)
     row("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms",
         f"@{prior.resolution}^2 (its working resolution), 8 UNet images: the floor of a step")

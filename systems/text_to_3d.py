@@ -24,7 +24,7 @@ from threedgen.export.turntable import write_video
 from threedgen.guidance import GUIDANCE
 from threedgen.guidance.base import clip_pixel_grad
 from threedgen.priors.embedded.classifier import WorldClassifier
-from threedgen.priors.pixel import EMBEDDED_PATH, load_prior
+from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
 from threedgen.prompts import PromptProcessor
 from threedgen.representations import build_representation
 from threedgen.representations.convert import convert

@@ -14,13 +14,13 @@ from threedgen.cameras import make_cameras
 from threedgen.guidance import GUIDANCE
 from threedgen.guidance.base import (bcast, ddim_hop, guided_noise, perpendicular, predict_branches,
                                      to_prior_input, weight)
-from threedgen.priors.pixel import PixelPrior
+from threedgen.priors.diffusion import DiffusionPrior
 from threedgen.prompts import PromptProcessor
 
 
 @pytest.fixture(scope="module")
 def prior():
-    return PixelPrior.from_pretrained()
+    return DiffusionPrior.from_pretrained()
 
 
 @pytest.fixture(scope="module")

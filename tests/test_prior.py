@@ -8,12 +8,12 @@ from threedgen.cameras import make_cameras
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.embedded import world
 from threedgen.priors.embedded.classifier import WorldClassifier
-from threedgen.priors.pixel import EMBEDDED_PATH, PixelPrior
+from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
 
 
 @pytest.fixture(scope="module")
 def prior():
-    return PixelPrior.from_pretrained(EMBEDDED_PATH)
+    return DiffusionPrior.from_pretrained(EMBEDDED_PATH)
 
 
 def test_loads_like_stable_diffusion(prior, monkeypatch):
@@ -90,7 +90,7 @@ def test_broken_weights_raise(tmp_path, damage):
     else:
         weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(PriorLoadError, match="unet"):
-        PixelPrior.from_pretrained(broken)
+        DiffusionPrior.from_pretrained(broken)
 
 
 def test_ddim_samples_show_the_prompt(prior):

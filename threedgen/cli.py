@@ -44,7 +44,7 @@ def cmd_fit(args) -> int:
         if cfg.init_from:
             _check_init_from(cfg)
     # Check the prompt against the prior's vocabulary before building anything heavy.
-    from threedgen.priors.pixel import load_prior
+    from threedgen.priors.diffusion import load_prior
 
     prior = load_prior(cfg.system.prior)
     prior.check_prompt(cfg.prompt)
@@ -74,7 +74,7 @@ def cmd_eval(args) -> int:
     from threedgen import runs
     from threedgen.evaluate import evaluate
     from threedgen.priors.embedded.classifier import WorldClassifier
-    from threedgen.priors.pixel import EMBEDDED_PATH
+    from threedgen.priors.diffusion import EMBEDDED_PATH
     import torch
 
     run = Path(args.run_dir)
@@ -113,7 +113,7 @@ def cmd_train_prior(args) -> int:
 
 def cmd_check_prior(args) -> int:
     from threedgen.priors.embedded.check import check_prior
-    from threedgen.priors.pixel import EMBEDDED_PATH
+    from threedgen.priors.diffusion import EMBEDDED_PATH
 
     result = check_prior(Path(args.path) if args.path else EMBEDDED_PATH, Path(args.grid),
                          views=args.views, guidance_scale=args.guidance_scale, steps=args.steps,

@@ -22,7 +22,7 @@ from threedgen.evaluate import iou
 from threedgen.guidance.base import Conditioning
 from threedgen.priors.embedded import world
 from threedgen.priors.embedded.classifier import WorldClassifier, classifier_accuracy
-from threedgen.priors.pixel import EMBEDDED_PATH, PixelPrior
+from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
 from threedgen.priors.sampling import ddim_sample
 
 
@@ -35,14 +35,14 @@ def sample_silhouette(rgb: Tensor, threshold: float = 0.12) -> Tensor:
     return ((rgb - background).abs().amax(1, keepdim=True) > threshold).float()
 
 
-def _conditioning(prior: PixelPrior, prompts: list[str], cams) -> Conditioning:
+def _conditioning(prior: DiffusionPrior, prompts: list[str], cams) -> Conditioning:
     text = prior.encode_prompts(prompts)
     uncond = prior.encode_prompts([""]).expand_as(text)
     return Conditioning(text, uncond, prior.camera_condition(cams, len(prompts)),
                         prior.camera_condition(None, len(prompts)))
 
 
-def world_mean_latent(prior: PixelPrior, n: int = 384, seed: int = 0) -> Tensor:
+def world_mean_latent(prior: DiffusionPrior, n: int = 384, seed: int = 0) -> Tensor:
     """[1, C, h, w]: the mean encoded image of the training distribution (random shapes, colours
     and cameras in the training range), for ``ddim_sample``'s truncated start."""
     g = torch.Generator().manual_seed(seed)
@@ -81,7 +81,7 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
                 t_start: int | None = 850) -> dict:
     """t_start: DDIM's truncated start from the world's mean image (``ddim_sample``); None samples
     from pure noise at the top of the schedule."""
-    prior = PixelPrior.from_pretrained(path)
+    prior = DiffusionPrior.from_pretrained(path)
     mean = world_mean_latent(prior) if t_start is not None else None
     classifier = WorldClassifier.from_pretrained(Path(path) / "classifier")
     g = torch.Generator().manual_seed(seed)

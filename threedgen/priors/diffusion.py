@@ -24,7 +24,7 @@ from threedgen.priors.embedded.model import CAMERA_DIM, PixelShuffleCodec, camer
 EMBEDDED_PATH = Path(__file__).parent / "embedded" / "weights"
 
 
-class PixelPrior(nn.Module):
+class DiffusionPrior(nn.Module):
     """Frozen pixel-space prior. See ``threedgen.priors.base`` for the interface."""
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer,
@@ -45,7 +45,7 @@ class PixelPrior(nn.Module):
                            and world is not None)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path = EMBEDDED_PATH) -> PixelPrior:
+    def from_pretrained(cls, path: str | Path = EMBEDDED_PATH) -> DiffusionPrior:
         path = Path(path)
         if not path.is_dir():
             raise PriorLoadError(f"prior folder {path} does not exist")
@@ -126,6 +126,6 @@ def _load_codec(path: Path, subfolder: str) -> PixelShuffleCodec:
     return PixelShuffleCodec.from_config(PixelShuffleCodec.load_config(path, subfolder=subfolder))
 
 
-def load_prior(cfg) -> PixelPrior:
+def load_prior(cfg) -> DiffusionPrior:
     """Build the prior a ``PriorConfig`` names."""
-    return PixelPrior.from_pretrained(cfg.path or EMBEDDED_PATH)
+    return DiffusionPrior.from_pretrained(cfg.path or EMBEDDED_PATH)
