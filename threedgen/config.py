@@ -103,8 +103,22 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    name: Literal["embedded"] = "embedded"
-    path: str | None = None  # a diffusers folder or hub id; None = the prior shipped in the package
+    """embedded: the prior shipped in the package; diffusers: any Stable-Diffusion-layout checkpoint
+    (SD 1.x/2.x, SDXL, pixel models), a local folder or a hub id in ``path``."""
+
+    name: Literal["embedded", "diffusers"] = "embedded"
+    path: str | None = None
+    resolution: int | None = None  # image size renders are resized to; None: the model's own
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # half precision on CUDA only
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: bool = False  # stream the UNet and VAE through the GPU (accelerate); CUDA only
+
+    def __post_init__(self):
+        if self.name == "diffusers" and not self.path:
+            raise ValueError("path: a diffusers prior needs a local folder or a hub id")
+        if self.name == "embedded" and self.path:
+            raise ValueError("path: the embedded prior takes no path (name: diffusers loads a folder)")
 
 
 @dataclass(frozen=True)

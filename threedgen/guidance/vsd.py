@@ -108,7 +108,7 @@ class VSD(Guidance):
 
     def lora_out(self, x_t: Tensor, t: Tensor, text: Tensor, labels: Tensor) -> Tensor:
         """eps_phi's raw output (eps or v, per ``lora_prediction``) [B, C, h, w]."""
-        return self.lora_unet(x_t, t, text, class_labels=labels).sample
+        return self.prior.run_unet(self.lora_unet, x_t, t, text, labels)
 
     def lora_eps(self, x_t: Tensor, t: Tensor, text: Tensor, labels: Tensor) -> Tensor:
         """eps_phi(x_t; y, c, t) [B, C, h, w], converted to eps."""

@@ -8,7 +8,10 @@ A prior is a frozen diffusion model seen through four calls:
 - ``predict_noise(x_t, t [B], text [B, L, D], camera [B, Dc] | None) -> eps [B, C, h, w]``: always
   epsilon, whatever the checkpoint predicts (v-prediction is converted);
 - ``camera_condition(cameras | None) -> Tensor [B, Dc] | None``: the prior's camera features, the
-  null camera for ``None``; ``None`` for priors without camera conditioning.
+  null camera for ``None``; ``None`` for priors without camera conditioning;
+- ``run_unet(unet, x_t, t, text, class_labels) -> raw prediction``: a UNet of the prior's family
+  (its own or a trained copy such as VSD's LoRA) called with the prior's conditioning conventions;
+- ``unet``, ``scheduler``: the diffusers parts (VSD copies the UNet; sampling reads the schedule).
 
 and ``alphas_cumprod [T]`` with ``num_train_timesteps = T``, and ``resolution``, the image size
 its ``encode_images`` expects (renders are resized to it by the guidance).
@@ -45,3 +48,5 @@ class Prior(Protocol):
     def predict_noise(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor: ...
 
     def camera_condition(self, cameras: Cameras | None, batch: int) -> Tensor | None: ...
+
+    def run_unet(self, unet, x_t: Tensor, t: Tensor, text: Tensor, class_labels: Tensor | None) -> Tensor: ...

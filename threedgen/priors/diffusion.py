@@ -1,75 +1,122 @@
-"""Pixel-space diffusion priors in Stable Diffusion's folder layout; the embedded prior is one.
+"""Frozen diffusion priors in diffusers' Stable Diffusion folder layout, behind one interface.
 
-The folder holds ``unet/`` (UNet2DConditionModel), ``text_encoder/`` (CLIPTextModel),
-``tokenizer/``, ``scheduler/`` and an optional ``vae/`` that is a lossless ``PixelShuffleCodec``
-(absent for true pixel models). An optional ``world.json`` declares a closed vocabulary and the
-camera features the UNet's projected class embedding was trained on (the embedded prior).
+One loader serves every family that keeps this layout:
+
+- the embedded prior (pixel space behind a lossless ``PixelShuffleCodec``; ``world.json`` declares
+  its closed vocabulary and camera features);
+- Stable Diffusion 1.x / 2.x (``vae/`` an AutoencoderKL; epsilon or v-prediction);
+- SDXL (``text_encoder_2/`` + ``tokenizer_2/``; the UNet's ``addition_embed_type`` "text_time"
+  takes the pooled prompt embedding and the size/crop "time ids");
+- pixel-space models in the shape of DeepFloyd IF stage I (no ``vae/``; a UNet that also predicts
+  its variance returns 2C channels, of which the first C are eps; any text encoder class that
+  transformers names in its config, e.g. T5EncoderModel).
+
+A checkpoint is a local folder or a Hugging Face hub id. Offline (``HF_HUB_OFFLINE=1``, or the hub
+unreachable) a hub id that is not in the local cache fails at once with one line that says how to
+make it available; nothing retries.
+
+Text encoders are kept out of the module tree: they stay on the CPU in float32 whatever device the
+prior moves to (each prompt is encoded once and cached), which is the offload that matters most
+on a small GPU; ``cpu_offload`` also streams the UNet and VAE through the GPU (accelerate).
+
+SDXL's extra conditioning travels inside the text tensor, so that everything that batches, picks or
+caches prompt embeddings works unchanged: ``encode_prompts`` returns [B, L + 1, D], whose last row
+holds the pooled embedding (zero-padded to D).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
-from diffusers import DDPMScheduler, UNet2DConditionModel
+import transformers
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from torch import Tensor, nn
-from transformers import AutoTokenizer, CLIPTextModel
+from transformers import AutoTokenizer
 
 from threedgen.cameras import Cameras
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.embedded.model import CAMERA_DIM, PixelShuffleCodec, camera_embedding
 
 EMBEDDED_PATH = Path(__file__).parent / "embedded" / "weights"
+# What a hub download fetches: the diffusers components, safetensors only (no .bin / .ckpt twins).
+HUB_PATTERNS = ["model_index.json", "scheduler/*", "tokenizer*/*", "text_encoder*/*.json",
+                "text_encoder*/*.safetensors", "unet/*.json", "unet/diffusion_pytorch_model.safetensors",
+                "vae/*.json", "vae/diffusion_pytorch_model.safetensors"]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 class DiffusionPrior(nn.Module):
-    """Frozen pixel-space prior. See ``threedgen.priors.base`` for the interface."""
+    """A frozen diffusion model. See ``threedgen.priors.base`` for the interface.
 
-    def __init__(self, unet: UNet2DConditionModel, text_encoder: CLIPTextModel, tokenizer,
-                 scheduler: DDPMScheduler, codec: PixelShuffleCodec | None, world: dict | None):
+    text_encoders / tokenizers: one (SD 1/2, pixel models) or two (SDXL); vae: an AutoencoderKL,
+    a PixelShuffleCodec, or None (pixel space); resolution: the image size renders are resized to
+    (default: the UNet's sample size times the VAE's downsampling)."""
+
+    def __init__(self, unet: UNet2DConditionModel, text_encoders: list, tokenizers: list,
+                 scheduler: DDPMScheduler, vae: nn.Module | None, world: dict | None = None,
+                 resolution: int | None = None):
         super().__init__()
-        self.unet, self.text_encoder, self.codec = unet, text_encoder, codec
-        self.tokenizer, self.scheduler, self.world = tokenizer, scheduler, world
+        self.unet, self.vae = unet, vae
+        self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)  # not submodules: CPU
+        self.scheduler, self.world = scheduler, world
         self.requires_grad_(False)
         self.eval()
+        for te in self.text_encoders:
+            te.requires_grad_(False).eval()
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         self.num_train_timesteps = scheduler.config.num_train_timesteps
-        factor = codec.config.factor if codec is not None else 1
-        self.resolution = unet.config.sample_size * factor
+        self.factor = _downsampling(vae)
+        self.resolution = resolution or unet.config.sample_size * self.factor
+        if self.resolution % self.factor:
+            raise PriorLoadError(f"prior resolution {self.resolution} is not a multiple of the VAE's "
+                                 f"downsampling factor {self.factor}")
         self.vocabulary = world["vocabulary"] if world else None
-        self.text_encoder_id: str | None = None  # names the text encoder for the embedding cache
         self.has_camera = (unet.config.class_embed_type == "projection"
                            and unet.config.projection_class_embeddings_input_dim == CAMERA_DIM
                            and world is not None)
+        self.sdxl = unet.config.addition_embed_type == "text_time"
+        self.text_encoder_id: str | None = None  # names the text encoder(s) for the embedding cache
+
+    @property
+    def text_encoder(self):
+        return self.text_encoders[0]
 
     @classmethod
-    def from_pretrained(cls, path: str | Path = EMBEDDED_PATH) -> DiffusionPrior:
-        path = Path(path)
-        if not path.is_dir():
-            raise PriorLoadError(f"prior folder {path} does not exist")
+    def from_pretrained(cls, path: str | Path = EMBEDDED_PATH, resolution: int | None = None,
+                        dtype: str = "float32") -> DiffusionPrior:
+        """Load a local folder or a hub id (see ``resolve_checkpoint``)."""
+        folder = resolve_checkpoint(str(path))
+        hint = "; run `threedgen train-prior` or reinstall the package" if folder == EMBEDDED_PATH else ""
         for sub, weights in [("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")]:
-            if not (path / sub / weights).is_file():
-                raise PriorLoadError(f"prior {path}: missing weights file {sub}/{weights}; "
-                                     "run `threedgen train-prior` or reinstall the package")
-        loaders = {"unet": UNet2DConditionModel.from_pretrained, "text_encoder": CLIPTextModel.from_pretrained,
-                   "tokenizer": AutoTokenizer.from_pretrained, "scheduler": DDPMScheduler.from_pretrained,
-                   "vae": _load_codec}
-        parts = {}
-        for sub, loader in loaders.items():
-            if sub == "vae" and not (path / sub).is_dir():
-                parts[sub] = None  # a true pixel-space model: no codec
+            if not (folder / sub / weights).is_file():
+                raise PriorLoadError(f"prior {path}: missing weights file {sub}/{weights}{hint}")
+        torch_dtype = DTYPES[dtype]
+        unet = _load(folder, "unet", lambda: UNet2DConditionModel.from_pretrained(folder, subfolder="unet",
+                                                                                   torch_dtype=torch_dtype))
+        scheduler = _load(folder, "scheduler", lambda: DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
+        vae = None
+        if (folder / "vae").is_dir():
+            vae = _load(folder, "vae", lambda: _load_vae(folder, torch_dtype))
+        encoders, tokenizers = [], []
+        for suffix in ("", "_2"):
+            if not (folder / f"text_encoder{suffix}").is_dir():
                 continue
-            try:
-                parts[sub] = loader(path, subfolder=sub)
-            except Exception as e:  # safetensors / json / shape errors all mean a broken checkpoint
-                first = str(e).splitlines()[0] if str(e) else ""
-                raise PriorLoadError(f"prior {path}: cannot load {sub}/ ({type(e).__name__}: {first})") from e
-        world = json.loads((path / "world.json").read_text()) if (path / "world.json").is_file() else None
-        prior = cls(parts["unet"], parts["text_encoder"], parts["tokenizer"], parts["scheduler"], parts["vae"], world)
-        weights = (path / "text_encoder" / "model.safetensors").stat()
-        prior.text_encoder_id = f"{path.resolve()}|{weights.st_size}|{weights.st_mtime_ns}"
+            if not (folder / f"text_encoder{suffix}" / "model.safetensors").is_file():
+                raise PriorLoadError(f"prior {path}: missing weights file text_encoder{suffix}/model.safetensors")
+            encoders.append(_load(folder, f"text_encoder{suffix}", lambda s=suffix: _load_text_encoder(folder, s)))
+            tokenizers.append(_load(folder, f"tokenizer{suffix}",
+                                    lambda s=suffix: AutoTokenizer.from_pretrained(folder, subfolder=f"tokenizer{s}")))
+        world = json.loads((folder / "world.json").read_text()) if (folder / "world.json").is_file() else None
+        prior = cls(unet, encoders, tokenizers, scheduler, vae, world, resolution)
+        stats = [(folder / f"{te}/model.safetensors").stat() for te in ("text_encoder", "text_encoder_2")
+                 if (folder / te).is_dir()]
+        prior.text_encoder_id = f"{folder.resolve()}|" + "|".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
         return prior
 
     # --- text -------------------------------------------------------------------------------------
@@ -85,23 +132,45 @@ class DiffusionPrior(nn.Module):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
-        """prompts (B strings, "" = unconditional) -> [B, L, D] last hidden states."""
+        """prompts (B strings, "" = unconditional) -> [B, L, D] (SDXL: [B, L + 1, D], see the
+        module docstring), on the prior's device and dtype."""
         for p in prompts:
             self.check_prompt(p)
-        tokens = self.tokenizer([p.lower() for p in prompts], padding="max_length", truncation=True,
-                                max_length=self.tokenizer.model_max_length, return_tensors="pt")
-        device = self.alphas_cumprod.device
-        return self.text_encoder(tokens.input_ids.to(device),
-                                 attention_mask=tokens.attention_mask.to(device)).last_hidden_state
+        texts = [p.lower() for p in prompts] if self.vocabulary is not None else prompts
+        hidden, pooled = [], None
+        for te, tok in zip(self.text_encoders, self.tokenizers):
+            ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
+                      return_tensors="pt")
+            mask = ids.attention_mask if getattr(te.config, "use_attention_mask", False) else None
+            out = te(ids.input_ids, attention_mask=mask, output_hidden_states=self.sdxl)
+            # SDXL reads the penultimate layer of both encoders and the second one's pooled output.
+            hidden.append(out.hidden_states[-2] if self.sdxl else out.last_hidden_state)
+            pooled = getattr(out, "text_embeds", None)
+        text = torch.cat(hidden, dim=-1)
+        if self.sdxl:
+            row = torch.zeros(len(prompts), 1, text.shape[-1])
+            row[:, 0, :pooled.shape[-1]] = pooled
+            text = torch.cat([text, row], dim=1)
+        return text.to(self.alphas_cumprod.device, self.unet.dtype)
 
     # --- images -----------------------------------------------------------------------------------
     def encode_images(self, rgb: Tensor) -> Tensor:
-        """rgb [B, 3, R, R] in [0, 1] -> x [B, C, h, w] (differentiable)."""
-        return self.codec.encode(rgb) if self.codec is not None else rgb * 2 - 1
+        """rgb [B, 3, R, R] in [0, 1] -> x [B, C, R/f, R/f] (differentiable). AutoencoderKL: the
+        scaled posterior mean (deterministic, so a step is reproducible)."""
+        if self.vae is None:
+            return rgb * 2 - 1
+        if isinstance(self.vae, PixelShuffleCodec):
+            return self.vae.encode(rgb)
+        latent = self.vae.encode((rgb * 2 - 1).to(self.vae.dtype)).latent_dist.mean
+        return (latent * self.vae.config.scaling_factor).float()
 
     def decode(self, x: Tensor) -> Tensor:
         """x [B, C, h, w] -> rgb [B, 3, R, R] in [0, 1] (unclamped)."""
-        return self.codec.decode(x) if self.codec is not None else (x + 1) / 2
+        if self.vae is None:
+            return (x + 1) / 2
+        if isinstance(self.vae, PixelShuffleCodec):
+            return self.vae.decode(x)
+        return (self.vae.decode((x / self.vae.config.scaling_factor).to(self.vae.dtype)).sample.float() + 1) / 2
 
     # --- denoiser ---------------------------------------------------------------------------------
     def camera_condition(self, cameras: Cameras | None, batch: int) -> Tensor | None:
@@ -112,20 +181,127 @@ class DiffusionPrior(nn.Module):
             return torch.zeros(batch, CAMERA_DIM, device=self.alphas_cumprod.device)
         return camera_embedding(cameras).to(self.alphas_cumprod.device)
 
+    def unet_kwargs(self, text: Tensor) -> tuple[Tensor, dict]:
+        """Split SDXL's packed text [B, L + 1, D] into (hidden states, added_cond_kwargs)."""
+        if not self.sdxl:
+            return text, {}
+        pooled_dim = self.unet.config.projection_class_embeddings_input_dim - 6 * self.unet.config.addition_time_embed_dim
+        R = self.resolution
+        # (original height, width, crop top, left, target height, width) of a full, uncropped render
+        time_ids = torch.tensor([R, R, 0, 0, R, R], device=text.device, dtype=text.dtype).expand(len(text), 6)
+        return text[:, :-1], {"added_cond_kwargs": {"text_embeds": text[:, -1, :pooled_dim], "time_ids": time_ids}}
+
+    def run_unet(self, unet: nn.Module, x_t: Tensor, t: Tensor, text: Tensor, class_labels: Tensor | None) -> Tensor:
+        """Any UNet of this prior's family (its own, or a LoRA copy) on x_t [B, C, h, w] -> its raw
+        prediction [B, C, h, w] in float32 (the first C channels: IF-style UNets append a variance)."""
+        hidden, extra = self.unet_kwargs(text)
+        dtype = unet.dtype
+        labels = None if class_labels is None else class_labels.to(dtype)
+        out = unet(x_t.to(dtype), t, hidden.to(dtype), class_labels=labels, **extra).sample.float()
+        return out[:, :x_t.shape[1]]
+
     def predict_noise(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
-        """x_t [B, C, h, w], t [B] integer timesteps, text [B, L, D], camera [B, Dc] -> eps [B, C, h, w]."""
-        out = self.unet(x_t, t, text, class_labels=camera).sample
+        """x_t [B, C, h, w], t [B] integer timesteps, text [B, L, D], camera [B, Dc] -> eps [B, C, h, w]
+        (float32, whatever the UNet's dtype; v-prediction is converted)."""
+        out = self.run_unet(self.unet, x_t, t, text, camera)
         if self.scheduler.config.prediction_type == "v_prediction":
             a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
             out = a.sqrt() * out + (1 - a).sqrt() * x_t
         return out
 
 
-def _load_codec(path: Path, subfolder: str) -> PixelShuffleCodec:
-    """The codec has no weights, only a config (diffusers' from_pretrained wants a weights file)."""
-    return PixelShuffleCodec.from_config(PixelShuffleCodec.load_config(path, subfolder=subfolder))
+def _downsampling(vae) -> int:
+    if vae is None:
+        return 1
+    if isinstance(vae, PixelShuffleCodec):
+        return vae.config.factor
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def _load(folder: Path, sub: str, loader):
+    """Run one component's loader; any failure is a PriorLoadError naming the component."""
+    try:
+        return loader()
+    except PriorLoadError:
+        raise
+    except Exception as e:  # safetensors / json / shape errors all mean a broken checkpoint
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise PriorLoadError(f"prior {folder}: cannot load {sub}/ ({type(e).__name__}: {first})") from e
+
+
+def _load_vae(folder: Path, dtype: torch.dtype) -> nn.Module:
+    """``vae/``: our lossless PixelShuffleCodec (a config, no weights) or an AutoencoderKL."""
+    config = json.loads((folder / "vae" / "config.json").read_text())
+    if config.get("_class_name") == "PixelShuffleCodec":
+        return PixelShuffleCodec.from_config(PixelShuffleCodec.load_config(folder, subfolder="vae"))
+    return AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype)
+
+
+def _load_text_encoder(folder: Path, suffix: str) -> nn.Module:
+    """The transformers class the config names (CLIPTextModel, CLIPTextModelWithProjection,
+    T5EncoderModel, ...), in float32 on the CPU."""
+    config = json.loads((folder / f"text_encoder{suffix}" / "config.json").read_text())
+    name = (config.get("architectures") or ["CLIPTextModel"])[0]
+    cls = getattr(transformers, name, None)
+    if cls is None:
+        raise PriorLoadError(f"prior {folder}: text_encoder{suffix}/ names an unknown class {name!r}")
+    return cls.from_pretrained(folder, subfolder=f"text_encoder{suffix}", torch_dtype=torch.float32)
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One TCP connection to the hub endpoint, no retries."""
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def resolve_checkpoint(name: str) -> Path:
+    """A local folder, or a hub id ("org/model") -> its folder in the Hugging Face cache,
+    downloaded (safetensors components only) when online and not cached yet."""
+    local = Path(name).expanduser()
+    if local.is_dir():
+        return local
+    if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise PriorLoadError(f"prior {name}: no such folder (and not a hub id of the form org/model)")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or an incomplete cache entry
+        pass
+    if hub_offline() or not hub_reachable():
+        why = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub cannot be reached"
+        raise PriorLoadError(
+            f"prior {name!r} is not in the local Hugging Face cache and {why}: on a connected machine run "
+            f"`hf download {name}` (then copy ~/.cache/huggingface), or set system.prior.path to a local folder")
+    try:
+        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
+    except Exception as e:
+        raise PriorLoadError(f"prior {name!r}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
 def load_prior(cfg) -> DiffusionPrior:
     """Build the prior a ``PriorConfig`` names."""
-    return DiffusionPrior.from_pretrained(cfg.path or EMBEDDED_PATH)
+    if (cfg.dtype != "float32" or cfg.cpu_offload) and not torch.cuda.is_available():
+        raise PriorLoadError(f"system.prior: {'cpu_offload' if cfg.cpu_offload else 'dtype ' + cfg.dtype} "
+                             "needs a CUDA device; use dtype float32 and cpu_offload false on CPU")
+    path = EMBEDDED_PATH if cfg.name == "embedded" else cfg.path
+    prior = DiffusionPrior.from_pretrained(path, resolution=cfg.resolution, dtype=cfg.dtype)
+    if cfg.attention_slicing:
+        prior.unet.set_attention_slice("auto")
+    if cfg.vae_tiling and isinstance(prior.vae, AutoencoderKL):
+        prior.vae.enable_tiling()
+    if cfg.cpu_offload:
+        from accelerate import cpu_offload
+
+        for module in (prior.unet, prior.vae):
+            if module is not None:
+                cpu_offload(module, execution_device=torch.device("cuda"))
+    return prior

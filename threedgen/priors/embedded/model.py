@@ -68,7 +68,8 @@ def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
 def build_text_encoder(vocab_size: int) -> CLIPTextModel:
     config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
                             num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=MAX_TOKENS,
-                            pad_token_id=0, bos_token_id=1, eos_token_id=2, projection_dim=64)
+                            pad_token_id=0, bos_token_id=1, eos_token_id=2, projection_dim=64,
+                            use_attention_mask=True)  # padding is masked, in training and in use
     return CLIPTextModel(config)
 
 

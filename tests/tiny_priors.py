@@ -1,0 +1,69 @@
+"""Tiny diffusers checkpoints of every family the prior loader reads, built from configs with a
+fixed seed and written with ``save_pretrained``: nothing is downloaded."""
+
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+from threedgen.priors.embedded.model import MAX_TOKENS, SPECIAL_TOKENS, build_tokenizer
+
+WORDS = "a an red green blue orange cube cone cylinder sphere torus mug front side back overhead view".split()
+VOCAB = len(SPECIAL_TOKENS) + len(WORDS)
+
+
+def _clip(hidden: int = 32, projection: bool = False):
+    config = CLIPTextConfig(vocab_size=VOCAB, hidden_size=hidden, intermediate_size=37, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=MAX_TOKENS, pad_token_id=0,
+                            bos_token_id=1, eos_token_id=2, projection_dim=hidden)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def _unet(**kw) -> UNet2DConditionModel:
+    args = dict(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                attention_head_dim=8, norm_num_groups=32)
+    return UNet2DConditionModel(**{**args, **kw})
+
+
+def _vae() -> AutoencoderKL:
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(32, 64), latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         norm_num_groups=32, sample_size=16)
+
+
+def save(folder: Path, **parts) -> Path:
+    for name, part in parts.items():
+        part.save_pretrained(folder / name)
+    return folder
+
+
+def tiny_sd(folder: Path, prediction_type: str = "epsilon") -> Path:
+    """Stable Diffusion 1.x/2.x shape: AutoencoderKL (x2 down), 8x8x4 latents, one CLIP encoder."""
+    torch.manual_seed(0)
+    return save(folder, unet=_unet(), vae=_vae(), text_encoder=_clip(), tokenizer=build_tokenizer(WORDS),
+                scheduler=DDPMScheduler(beta_schedule="scaled_linear", prediction_type=prediction_type))
+
+
+def tiny_sdxl(folder: Path) -> Path:
+    """SDXL shape: two encoders (the second with a projection: pooled), text_time additions."""
+    torch.manual_seed(0)
+    unet = _unet(cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
+                 projection_class_embeddings_input_dim=32 + 6 * 8, transformer_layers_per_block=1)
+    return save(folder, unet=unet, vae=_vae(), text_encoder=_clip(), text_encoder_2=_clip(projection=True),
+                tokenizer=build_tokenizer(WORDS), tokenizer_2=build_tokenizer(WORDS),
+                scheduler=DDPMScheduler(beta_schedule="scaled_linear"))
+
+
+def tiny_pixel(folder: Path) -> Path:
+    """DeepFloyd IF stage I shape: pixels (no VAE), a T5 encoder, a UNet that learns its variance."""
+    torch.manual_seed(0)
+    t5 = T5EncoderModel(T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 pad_token_id=0, eos_token_id=2))
+    return save(folder, unet=_unet(sample_size=16, in_channels=3, out_channels=6), text_encoder=t5,
+                tokenizer=build_tokenizer(WORDS), scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
+
+
+FAMILIES = {"sd": tiny_sd, "sdxl": tiny_sdxl, "pixel": tiny_pixel}
