@@ -1,4 +1,8 @@
-"""Every recipe in configs/ loads, validates and runs two real steps on CPU."""
+"""Every recipe in configs/ loads, validates and runs two real steps on CPU.
+
+Recipes for real checkpoints (a hub id in system.prior.path) run against a tiny stand-in of the
+same family, in float32 at the stand-in's own resolution: STAND_INS must name each such checkpoint.
+"""
 
 import json
 
@@ -6,16 +10,28 @@ import pytest
 
 from tests.helpers import REPO
 from tests.test_fit import fit
+from tests.tiny_priors import tiny_sd, tiny_sdxl
+from threedgen import config as C
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
+STAND_INS = {"stabilityai/stable-diffusion-2-1-base": tiny_sd, "stabilityai/stable-diffusion-xl-base-1.0": tiny_sdxl}
 
 
 def test_recipes_exist():
-    assert {"gaussians-sds.yaml", "nerf-sds.yaml"} <= {r.name for r in RECIPES}
+    names = {r.stem for r in RECIPES}
+    assert {f"{rep}-{m}" for rep in ("gaussians", "nerf") for m in ("sds", "vsd", "esd", "ism", "tsm", "asd", "csds")} <= names
+    assert {"dreamfusion-sd", "prolificdreamer", "luciddreamer", "dreamer-xl"} <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_two_steps(tmp_path, recipe):
-    run = fit(tmp_path, "prompt=a red cube", "trainer.max_steps=2", config=str(recipe))
+    overrides = ["prompt=a red cube", "trainer.max_steps=2"]
+    prior = C.load([recipe], ["prompt=a red cube"]).system.prior
+    if prior.name == "diffusers":
+        assert prior.path in STAND_INS, f"{recipe.name}: add a tiny stand-in for {prior.path}"
+        folder = STAND_INS[prior.path](tmp_path / "prior")
+        overrides += [f"system.prior.path={folder}", "system.prior.dtype=float32", "system.prior.resolution=null",
+                      "system.camera.resolution=32"]
+    run = fit(tmp_path, *overrides, config=str(recipe))
     assert run.parent.name == recipe.stem
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2

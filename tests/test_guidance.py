@@ -12,7 +12,7 @@ from diffusers import DDIMScheduler
 
 from threedgen.cameras import make_cameras
 from threedgen.guidance import GUIDANCE
-from threedgen.guidance.base import (bcast, ddim_hop, guided_noise, perpendicular, predict_branches,
+from threedgen.guidance.base import (ddim_hop, guided_noise, perpendicular, predict_branches,
                                      to_prior_input, weight)
 from threedgen.priors.diffusion import DiffusionPrior
 from threedgen.prompts import PromptProcessor
@@ -33,6 +33,11 @@ def cond(prior):
 def rgb():
     torch.manual_seed(0)
     return torch.rand(3, 3, 32, 32) * 0.6 + 0.2
+
+
+def bcast(v):
+    """[B] -> [B, 1, 1, 1]."""
+    return v.view(-1, 1, 1, 1)
 
 
 def make(prior, name, **kw):

@@ -10,7 +10,7 @@ from tests.helpers import REPO
 from tests.test_fit import fit
 from tests.tiny_priors import FAMILIES, tiny_sd
 from threedgen.cli import main
-from threedgen.config import PriorConfig
+from threedgen.config import PriorConfig, PromptConfig
 from threedgen.priors.base import PriorLoadError
 from threedgen.priors.diffusion import load_prior
 
@@ -42,6 +42,45 @@ def test_each_family_loads_through_the_production_loader(folders, family, resolu
     eps = prior.predict_noise(x.detach(), torch.tensor([10, 900]), text, None)
     assert eps.shape == x.shape and torch.isfinite(eps).all()
     assert prior.decode(x.detach()).shape == rgb.shape
+
+
+def test_video_prior_encodes_clips_per_frame_and_mixes_time(folders):
+    prior = load(folders["video"])
+    assert prior.video and prior.resolution == 16
+    clip = torch.rand(2, 3, 4, 16, 16, requires_grad=True)  # [B, 3, T, H, W]
+    x = prior.encode_images(clip)
+    assert x.shape == (2, 4, 4, 8, 8)  # [B, C, T, h, w]
+    frame = prior.encode_images(clip[:, :, 1])  # the same VAE, one frame at a time
+    torch.testing.assert_close(x[:, :, 1], frame)
+    assert prior.decode(x.detach()).shape == clip.shape
+    text = prior.encode_prompts(["a red cube", "a blue sphere"])
+    t = torch.tensor([300, 600])  # one timestep per clip
+    x_t = torch.randn(2, 4, 4, 8, 8)
+    eps = prior.predict_noise(x_t, t, text, None)
+    moved = x_t.clone()
+    moved[:, :, 0] += 1.0  # change frame 0 only
+    eps2 = prior.predict_noise(moved, t, text, None)
+    assert (eps2[:, :, 3] - eps[:, :, 3]).abs().max() > 1e-4  # frame 3 sees it: temporal layers
+
+
+@pytest.mark.parametrize("method", ["sds", "asd"])
+def test_two_guidance_steps_on_a_clip(folders, method):
+    from threedgen.guidance import GUIDANCE
+    from threedgen.prompts import PromptProcessor
+
+    prior = load(folders["video"])
+    guidance = GUIDANCE[method](GUIDANCE[method].Config(), prior)
+    cond = PromptProcessor(prior, "a red cube", cfg=PromptConfig(view_dependent=False)).conditioning(None, batch=2)
+    clip = torch.full((2, 3, 4, 32, 32), 0.5, requires_grad=True)  # renders larger than the prior: resized
+    opt = torch.optim.Adam([clip], lr=0.05)
+    for step in range(2):
+        out = guidance(clip, cond, step, generator=torch.Generator().manual_seed(step))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        assert out.timesteps.shape == (2,)  # one t per clip
+        assert clip.grad.abs().amin(dim=(0, 1, 3, 4)).gt(0).all()  # every frame gets a gradient
+    assert (clip - 0.5).abs().max() > 0
 
 
 def test_v_prediction_is_converted_to_eps(folders):

@@ -4,7 +4,7 @@ fixed seed and written with ``save_pretrained``: nothing is downloaded."""
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet3DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from threedgen.priors.embedded.model import MAX_TOKENS, SPECIAL_TOKENS, build_tokenizer
@@ -66,4 +66,15 @@ def tiny_pixel(folder: Path) -> Path:
                 tokenizer=build_tokenizer(WORDS), scheduler=DDPMScheduler(beta_schedule="squaredcos_cap_v2"))
 
 
-FAMILIES = {"sd": tiny_sd, "sdxl": tiny_sdxl, "pixel": tiny_pixel}
+def tiny_video(folder: Path) -> Path:
+    """ModelScope / zeroscope shape: a UNet3DConditionModel on per-frame VAE latents."""
+    torch.manual_seed(0)
+    unet = UNet3DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64),
+                                layers_per_block=1, down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                                up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"), cross_attention_dim=32,
+                                attention_head_dim=8, norm_num_groups=32)
+    return save(folder, unet=unet, vae=_vae(), text_encoder=_clip(), tokenizer=build_tokenizer(WORDS),
+                scheduler=DDPMScheduler(beta_schedule="scaled_linear"))
+
+
+FAMILIES = {"sd": tiny_sd, "sdxl": tiny_sdxl, "pixel": tiny_pixel, "video": tiny_video}

@@ -52,5 +52,5 @@ class ASD(Guidance):
             guided = guided_noise(prior, add_noise(x, noise, a), t, cond, value_at(cfg.guidance_scale, step),
                                   cfg.use_camera)
             eps_later, = predict_branches(prior, add_noise(x, noise, a_later), t_later, [(cond.text, cam_c)])
-            grad = bcast(weight(cfg.weighting, a)) * (guided.eps - eps_later)
+            grad = bcast(weight(cfg.weighting, a), x) * (guided.eps - eps_later)
         return output(x, grad, t, guided.evals + len(x))

@@ -99,7 +99,7 @@ def predict_branches(prior: Prior, x_t: Tensor, t: Tensor,
     K = len(branches)
     cams = [c for _, c in branches]
     camera = None if cams[0] is None else torch.cat(cams)
-    eps = prior.predict_noise(x_t.repeat(K, 1, 1, 1), t.repeat(K),
+    eps = prior.predict_noise(x_t.repeat(K, *[1] * (x_t.dim() - 1)), t.repeat(K),
                               torch.cat([text for text, _ in branches]), camera)
     return list(eps.chunk(K))
 
@@ -123,15 +123,17 @@ def guided_noise(prior: Prior, x_t: Tensor, t: Tensor, cond: Conditioning, scale
     e_pos = eps_c - eps_u
     direction = e_pos
     for (_, w_i), eps_i in zip(cond.perp_neg, eps_neg):
-        direction = direction - w_i.view(-1, 1, 1, 1) * perpendicular(eps_i - eps_u, e_pos)
+        direction = direction - bcast(w_i, e_pos) * perpendicular(eps_i - eps_u, e_pos)
     return Guided(eps_u + scale * direction, eps_c, eps_u, len(branches) * len(x_t))
 
 
 def to_prior_input(prior: Prior, rgb: Tensor) -> Tensor:
-    """rgb [B, 3, H, W] in [0, 1] -> x [B, C, h, w]: resized to the prior's resolution (antialiased)
-    and encoded, differentiably."""
+    """rgb [B, 3, H, W] (or clips [B, 3, T, H, W]) in [0, 1] -> x [B, C, h, w] ([B, C, T, h, w]):
+    resized to the prior's resolution (antialiased, frame by frame) and encoded, differentiably."""
     if rgb.shape[-1] != prior.resolution:
-        rgb = F.interpolate(rgb, (prior.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        frames = rgb.transpose(1, 2).flatten(0, 1) if rgb.dim() == 5 else rgb  # [B*T, 3, H, W]
+        frames = F.interpolate(frames, (prior.resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        rgb = frames.unflatten(0, (len(rgb), -1)).transpose(1, 2) if rgb.dim() == 5 else frames
     return prior.encode_images(rgb)
 
 
@@ -167,9 +169,10 @@ def clip_pixel_grad(rgb: Tensor, clip: float) -> Tensor:
     return rgb
 
 
-def bcast(v: Tensor) -> Tensor:
-    """[B] -> [B, 1, 1, 1]."""
-    return v.view(-1, 1, 1, 1)
+def bcast(v: Tensor, like: Tensor) -> Tensor:
+    """Per-sample values [B] -> [B, 1, ...], broadcastable against ``like`` [B, C, h, w] (images)
+    or [B, C, T, h, w] (video clips)."""
+    return v.view(-1, *[1] * (like.dim() - 1))
 
 
 def weight(kind: str, alphas_cumprod_t: Tensor) -> Tensor:
@@ -196,7 +199,7 @@ def sample_timesteps(batch: int, t_min: float, t_max: float, num_train_timesteps
 
 def add_noise(x: Tensor, noise: Tensor, a: Tensor) -> Tensor:
     """x_t = sqrt(a) x + sqrt(1 - a) noise, with a [B] the alphas_cumprod of each sample's t."""
-    return bcast(a).sqrt() * x + bcast(1 - a).sqrt() * noise
+    return bcast(a, x).sqrt() * x + bcast(1 - a, x).sqrt() * noise
 
 
 def ddim_hop(x: Tensor, eps: Tensor, a_from: Tensor, a_to: Tensor) -> Tensor:
@@ -208,5 +211,5 @@ def ddim_hop(x: Tensor, eps: Tensor, a_from: Tensor, a_to: Tensor) -> Tensor:
     lower level, it is a DDIM inversion step. Written out rather than taken from diffusers'
     DDIMScheduler / DDIMInverseScheduler: those step along one fixed grid shared by the batch,
     while ISM and TSM hop between per-view timesteps."""
-    x0 = (x - bcast(1 - a_from).sqrt() * eps) / bcast(a_from).sqrt()
-    return bcast(a_to).sqrt() * x0 + bcast(1 - a_to).sqrt() * eps
+    x0 = (x - bcast(1 - a_from, x).sqrt() * eps) / bcast(a_from, x).sqrt()
+    return bcast(a_to, x).sqrt() * x0 + bcast(1 - a_to, x).sqrt() * eps

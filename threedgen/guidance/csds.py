@@ -57,7 +57,7 @@ class CSDS(Guidance):
                 beta = value_at(cfg.negative_beta, step)
                 score = score + beta * (guided.eps_u - eps_neg)  # = eps_c - (1-b) eps_u - b eps_neg
                 evals += len(x)
-            grad = value_at(cfg.guidance_scale, step) * bcast(weight(cfg.weighting, a)) * score
+            grad = value_at(cfg.guidance_scale, step) * bcast(weight(cfg.weighting, a), x) * score
             if cfg.normalize:
-                grad = grad / bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-8))
+                grad = grad / bcast(grad.flatten(1).norm(dim=1).clamp_min(1e-8), grad)
         return output(x, grad, t, evals)

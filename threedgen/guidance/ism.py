@@ -52,7 +52,7 @@ class ISM(Guidance):
             x_s, evals = self.invert(x, s, cond, max(1, round(value_at(cfg.inversion_stride, step) * T)))
             x_t, target, more = self.hop_to_t(x_s, s, t, cond, step)
             guided = guided_noise(prior, x_t, t, cond, value_at(cfg.guidance_scale, step), cfg.use_camera)
-            grad = bcast(weight(cfg.weighting, prior.alphas_cumprod[t])) * (guided.eps - target)
+            grad = bcast(weight(cfg.weighting, prior.alphas_cumprod[t]), x) * (guided.eps - target)
         return output(x, grad, t, evals + more + guided.evals)
 
     def eps_uncond(self, x_t: Tensor, t: Tensor, cond: Conditioning) -> Tensor:

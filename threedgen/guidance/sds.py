@@ -16,7 +16,7 @@ from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
 from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise,
-                                     encode_and_draw, guided_noise, output, weight)
+                                     bcast, encode_and_draw, guided_noise, output, weight)
 
 Weighting = Literal["sds", "uniform", "fantasia", "ism"]
 
@@ -40,5 +40,5 @@ class SDS(Guidance):
         with torch.no_grad():
             guided = guided_noise(prior, add_noise(x, noise, a), t, cond,
                                   value_at(cfg.guidance_scale, step), cfg.use_camera)
-            grad = weight(cfg.weighting, a).view(-1, 1, 1, 1) * (guided.eps - noise)
+            grad = bcast(weight(cfg.weighting, a), x) * (guided.eps - noise)
         return output(x, grad, t, guided.evals)

@@ -44,6 +44,6 @@ class TSM(ISM):
         gamma = value_at(self.cfg.gamma, step)
         mu = s + ((t - s) * (1 - math.sqrt(max(1 - gamma ** 2, 0.0)))).round().long()
         eps_s = self.eps_uncond(x_s, s, cond)
-        x_mu = torch.where(bcast(mu == s), x_s, ddim_hop(x_s, eps_s, a[s], a[mu]))  # no rounding at mu = s
+        x_mu = torch.where(bcast(mu == s, x_s), x_s, ddim_hop(x_s, eps_s, a[s], a[mu]))  # no rounding at mu = s
         eps_mu = self.eps_uncond(x_mu, mu, cond)
         return ddim_hop(x_mu, eps_mu, a[mu], a[t]), eps_mu, 2 * len(x_s)

@@ -114,7 +114,7 @@ class VSD(Guidance):
         """eps_phi(x_t; y, c, t) [B, C, h, w], converted to eps."""
         out = self.lora_out(x_t, t, text, labels)
         if self.lora_prediction == "v_prediction":
-            a = bcast(self.prior.alphas_cumprod[t])
+            a = bcast(self.prior.alphas_cumprod[t], x_t)
             out = a.sqrt() * out + (1 - a).sqrt() * x_t
         return out
 
@@ -131,7 +131,7 @@ class VSD(Guidance):
         keep = (torch.rand(len(x), generator=generator) >= self.cfg.camera_dropout).to(x.device)
         a = self.prior.alphas_cumprod[t]
         out = self.lora_out(add_noise(x, noise, a), t, cond.text, self.labels(cond, keep))
-        target = noise if self.lora_prediction == "epsilon" else bcast(a).sqrt() * noise - bcast(1 - a).sqrt() * x
+        target = noise if self.lora_prediction == "epsilon" else bcast(a, x).sqrt() * noise - bcast(1 - a, x).sqrt() * x
         return F.mse_loss(out, target)
 
     # --- the step -------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class VSD(Guidance):
             x_t = add_noise(x, noise, a)
             guided = guided_noise(prior, x_t, t, cond, value_at(cfg.guidance_scale, step), cfg.use_camera)
             eps_phi, evals = self.lora_score(x_t, t, cond, step)
-            grad = bcast(weight(cfg.weighting, a)) * (guided.eps - eps_phi)
+            grad = bcast(weight(cfg.weighting, a), x) * (guided.eps - eps_phi)
         lora_loss = self.lora_loss(x, cond, generator)
         return output(x, grad, t, guided.evals + evals + len(x), extra_loss=lora_loss,
                       logs={"lora_loss": lora_loss.item()})

@@ -9,7 +9,9 @@ One loader serves every family that keeps this layout:
   takes the pooled prompt embedding and the size/crop "time ids");
 - pixel-space models in the shape of DeepFloyd IF stage I (no ``vae/``; a UNet that also predicts
   its variance returns 2C channels, of which the first C are eps; any text encoder class that
-  transformers names in its config, e.g. T5EncoderModel).
+  transformers names in its config, e.g. T5EncoderModel);
+- text-to-video models (ModelScope, zeroscope: ``unet/`` a UNet3DConditionModel): clips
+  [B, 3, T, H, W] are encoded frame by frame into [B, C, T, h, w] latents, one timestep per clip.
 
 A checkpoint is a local folder or a Hugging Face hub id. Offline (``HF_HUB_OFFLINE=1``, or the hub
 unreachable) a hub id that is not in the local cache fails at once with one line that says how to
@@ -35,7 +37,7 @@ from urllib.parse import urlparse
 
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet3DConditionModel
 from torch import Tensor, nn
 from transformers import AutoTokenizer
 
@@ -72,15 +74,20 @@ class DiffusionPrior(nn.Module):
         self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.float().clone(), persistent=False)
         self.num_train_timesteps = scheduler.config.num_train_timesteps
         self.factor = _downsampling(vae)
-        self.resolution = resolution or unet.config.sample_size * self.factor
+        size = unet.config.get("sample_size")
+        self.resolution = resolution or (size * self.factor if size else None)
+        if not self.resolution:
+            raise PriorLoadError("the UNet's config has no sample_size: set system.prior.resolution")
         if self.resolution % self.factor:
             raise PriorLoadError(f"prior resolution {self.resolution} is not a multiple of the VAE's "
                                  f"downsampling factor {self.factor}")
         self.vocabulary = world["vocabulary"] if world else None
-        self.has_camera = (unet.config.class_embed_type == "projection"
-                           and unet.config.projection_class_embeddings_input_dim == CAMERA_DIM
+        config = unet.config
+        self.has_camera = (config.get("class_embed_type") == "projection"
+                           and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM
                            and world is not None)
-        self.sdxl = unet.config.addition_embed_type == "text_time"
+        self.sdxl = config.get("addition_embed_type") == "text_time"
+        self.video = isinstance(unet, UNet3DConditionModel)
         self.text_encoder_id: str | None = None  # names the text encoder(s) for the embedding cache
 
     @property
@@ -97,8 +104,8 @@ class DiffusionPrior(nn.Module):
             if not (folder / sub / weights).is_file():
                 raise PriorLoadError(f"prior {path}: missing weights file {sub}/{weights}{hint}")
         torch_dtype = DTYPES[dtype]
-        unet = _load(folder, "unet", lambda: UNet2DConditionModel.from_pretrained(folder, subfolder="unet",
-                                                                                   torch_dtype=torch_dtype))
+        unet = _load(folder, "unet", lambda: _unet_class(folder).from_pretrained(folder, subfolder="unet",
+                                                                                  torch_dtype=torch_dtype))
         scheduler = _load(folder, "scheduler", lambda: DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
         vae = None
         if (folder / "vae").is_dir():
@@ -155,8 +162,11 @@ class DiffusionPrior(nn.Module):
 
     # --- images -----------------------------------------------------------------------------------
     def encode_images(self, rgb: Tensor) -> Tensor:
-        """rgb [B, 3, R, R] in [0, 1] -> x [B, C, R/f, R/f] (differentiable). AutoencoderKL: the
-        scaled posterior mean (deterministic, so a step is reproducible)."""
+        """rgb [B, 3, R, R] in [0, 1] -> x [B, C, R/f, R/f] (differentiable); clips [B, 3, T, R, R]
+        -> [B, C, T, R/f, R/f], frame by frame. AutoencoderKL: the scaled posterior mean
+        (deterministic, so a step is reproducible)."""
+        if rgb.dim() == 5:
+            return _per_frame(self.encode_images, rgb)
         if self.vae is None:
             return rgb * 2 - 1
         if isinstance(self.vae, PixelShuffleCodec):
@@ -165,7 +175,9 @@ class DiffusionPrior(nn.Module):
         return (latent * self.vae.config.scaling_factor).float()
 
     def decode(self, x: Tensor) -> Tensor:
-        """x [B, C, h, w] -> rgb [B, 3, R, R] in [0, 1] (unclamped)."""
+        """x [B, C, h, w] -> rgb [B, 3, R, R] in [0, 1] (unclamped); clips frame by frame."""
+        if x.dim() == 5:
+            return _per_frame(self.decode, x)
         if self.vae is None:
             return (x + 1) / 2
         if isinstance(self.vae, PixelShuffleCodec):
@@ -205,9 +217,21 @@ class DiffusionPrior(nn.Module):
         (float32, whatever the UNet's dtype; v-prediction is converted)."""
         out = self.run_unet(self.unet, x_t, t, text, camera)
         if self.scheduler.config.prediction_type == "v_prediction":
-            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            a = self.alphas_cumprod[t].view(-1, *[1] * (x_t.dim() - 1))
             out = a.sqrt() * out + (1 - a).sqrt() * x_t
         return out
+
+
+def _per_frame(fn, clip: Tensor) -> Tensor:
+    """Apply an image function to each frame: [B, C, T, H, W] -> [B, C', T, H', W']."""
+    out = fn(clip.transpose(1, 2).flatten(0, 1))  # [B*T, C', H', W']
+    return out.unflatten(0, (len(clip), -1)).transpose(1, 2)
+
+
+def _unet_class(folder: Path):
+    """UNet2DConditionModel, or UNet3DConditionModel for text-to-video checkpoints."""
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    return UNet3DConditionModel if config.get("_class_name") == "UNet3DConditionModel" else UNet2DConditionModel
 
 
 def _downsampling(vae) -> int:
