@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
-from threedgen.config import RunConfig, value_at
+from threedgen.config import ConfigError, RunConfig, value_at
 from threedgen.evaluate import evaluate
 from threedgen.export.turntable import write_video
 from threedgen.guidance import GUIDANCE
@@ -53,6 +53,9 @@ class TextTo3D(pl.LightningModule):
             self.representation = convert(source, s.representation, seed=cfg.trainer.seed)
         else:
             self.representation = build_representation(s.representation, seed=cfg.trainer.seed)
+        if s.camera.views_per_group != self.prior.num_views:
+            raise ConfigError(f"system.camera.views_per_group: the prior denoises groups of {self.prior.num_views} "
+                              f"view(s), got {s.camera.views_per_group}")
         self.guidance = GUIDANCE[s.guidance.name](s.guidance, self.prior)
         self.register_buffer("background", torch.tensor(s.background), persistent=False)
         self.ranges = CameraRanges(s.camera.elevation, s.camera.distance, s.camera.fov_y)
@@ -87,7 +90,8 @@ class TextTo3D(pl.LightningModule):
         step = int(self.step_count)
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
-        cams = sample_cameras(cfg.system.camera.batch_size, self.ranges, cfg.system.camera.resolution, g)
+        c = cfg.system.camera
+        cams = sample_cameras(c.batch_size, self.ranges, c.resolution, g, c.views_per_group)
         opts, guide_opts = self._optimizers()
         self.representation.pre_backward(step, opts)
         out = self.representation.render(cams, self.background, generator=g)

@@ -1,6 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Text embeddings and converted checkpoints go to a per-session folder, never the user's cache.
+os.environ.setdefault("THREEDGEN_CACHE", tempfile.mkdtemp(prefix="threedgen-cache-"))
 
 import pytest
 

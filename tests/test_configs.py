@@ -10,27 +10,31 @@ import pytest
 
 from tests.helpers import REPO
 from tests.test_fit import fit
-from tests.tiny_priors import tiny_sd, tiny_sdxl
+from tests.tiny_priors import tiny_mvdream, tiny_sd, tiny_sdxl
 from threedgen import config as C
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
-STAND_INS = {"stabilityai/stable-diffusion-2-1-base": tiny_sd, "stabilityai/stable-diffusion-xl-base-1.0": tiny_sdxl}
+STAND_INS = {"stabilityai/stable-diffusion-2-1-base": tiny_sd, "stabilityai/stable-diffusion-xl-base-1.0": tiny_sdxl,
+             "MVDream/MVDream/sd-v2.1-base-4view.pt": tiny_mvdream}
 
 
 def test_recipes_exist():
     names = {r.stem for r in RECIPES}
     assert {f"{rep}-{m}" for rep in ("gaussians", "nerf") for m in ("sds", "vsd", "esd", "ism", "tsm", "asd", "csds")} <= names
-    assert {"dreamfusion-sd", "prolificdreamer", "luciddreamer", "dreamer-xl"} <= names
+    assert {"dreamfusion-sd", "prolificdreamer", "luciddreamer", "dreamer-xl", "mvdream-sds"} <= names
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_recipe_runs_two_steps(tmp_path, recipe):
     overrides = ["prompt=a red cube", "trainer.max_steps=2"]
     prior = C.load([recipe], ["prompt=a red cube"]).system.prior
-    if prior.name == "diffusers":
+    if prior.name != "embedded":
         assert prior.path in STAND_INS, f"{recipe.name}: add a tiny stand-in for {prior.path}"
-        folder = STAND_INS[prior.path](tmp_path / "prior")
-        overrides += [f"system.prior.path={folder}", "system.prior.dtype=float32", "system.prior.resolution=null",
+        stand_in = STAND_INS[prior.path](tmp_path / "prior")
+        if prior.name == "mvdream":
+            stand_in, base = stand_in
+            overrides.append(f"system.prior.base={base}")
+        overrides += [f"system.prior.path={stand_in}", "system.prior.dtype=float32", "system.prior.resolution=null",
                       "system.camera.resolution=32"]
     run = fit(tmp_path, *overrides, config=str(recipe))
     assert run.parent.name == recipe.stem

@@ -15,6 +15,7 @@ class StubPrior:
 
     text_encoder_id = "stub-encoder"
     alphas_cumprod = torch.ones(10)
+    has_camera = False
 
     def __init__(self):
         self.encoded: list[str] = []
@@ -29,7 +30,7 @@ class StubPrior:
         self.encoded += prompts
         return torch.stack([torch.full((2, 3), float(hash(p) % 1000)) for p in prompts])
 
-    def camera_condition(self, cameras, batch):
+    def camera_condition(self, cameras, batch, null=False):
         return None
 
 

@@ -78,3 +78,61 @@ def tiny_video(folder: Path) -> Path:
 
 
 FAMILIES = {"sd": tiny_sd, "sdxl": tiny_sdxl, "pixel": tiny_pixel, "video": tiny_video}
+
+
+def to_ldm_unet(state: dict, layers_per_block: int) -> dict:
+    """A diffusers UNet2DConditionModel state dict -> the original LDM key layout (what MVDream's
+    single file holds under ``model.diffusion_model.``), the inverse of diffusers' converter."""
+    L = layers_per_block
+    resnet = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
+              ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection")]
+    fixed = [("time_embedding.linear_1", "time_embed.0"), ("time_embedding.linear_2", "time_embed.2"),
+             ("conv_in", "input_blocks.0.0"), ("conv_norm_out", "out.0"), ("conv_out", "out.2")]
+    out = {}
+    for key, value in state.items():
+        new = None
+        for a, b in fixed:
+            if key.startswith(a + "."):
+                new = b + key[len(a):]
+        parts = key.split(".")
+        if parts[0] == "down_blocks":
+            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "downsamplers":
+                new = f"input_blocks.{(L + 1) * (i + 1)}.0.op.{rest.removeprefix('conv.')}"
+            else:
+                new = f"input_blocks.{(L + 1) * i + j + 1}.{0 if kind == 'resnets' else 1}.{rest}"
+        elif parts[0] == "up_blocks":
+            i, kind, j, rest = int(parts[1]), parts[2], int(parts[3]), ".".join(parts[4:])
+            if kind == "upsamplers":
+                has_attn = any(k.startswith(f"up_blocks.{i}.attentions.") for k in state)
+                new = f"output_blocks.{(L + 1) * i + L}.{2 if has_attn else 1}.{rest}"
+            else:
+                new = f"output_blocks.{(L + 1) * i + j}.{0 if kind == 'resnets' else 1}.{rest}"
+        elif parts[0] == "mid_block":
+            kind, j, rest = parts[1], int(parts[2]), ".".join(parts[3:])
+            new = f"middle_block.{1 if kind == 'attentions' else 2 * j}.{rest}"
+        if new is None:
+            raise KeyError(f"no LDM name for {key}")
+        if parts[0] in ("down_blocks", "up_blocks", "mid_block") and "resnets" in parts:
+            for a, b in resnet:
+                new = new.replace(f".{a}.", f".{b}.")
+        out[new] = value
+    return out
+
+
+def tiny_mvdream(folder: Path) -> tuple[Path, Path]:
+    """(an MVDream-layout single file, the SD 2.1-shaped base folder it was 'fine-tuned' from)."""
+    base = tiny_sd(folder / "base")
+    torch.manual_seed(1)
+    config = dict(UNet2DConditionModel.load_config(base, subfolder="unet"))
+    unet = UNet2DConditionModel.from_config({**config, "class_embed_type": "projection",
+                                             "projection_class_embeddings_input_dim": 16})
+    state = unet.state_dict()
+    camera = {k: state.pop(k) for k in list(state) if k.startswith("class_embedding.")}
+    ldm = {f"model.diffusion_model.{k}": v for k, v in to_ldm_unet(state, config["layers_per_block"]).items()}
+    for name, layer in (("0", "linear_1"), ("2", "linear_2")):
+        for p in ("weight", "bias"):
+            ldm[f"model.diffusion_model.camera_embed.{name}.{p}"] = camera[f"class_embedding.{layer}.{p}"]
+    ldm["cond_stage_model.model.token_embedding.weight"] = torch.zeros(3, 4)  # other parts are ignored
+    torch.save({"state_dict": ldm}, folder / "sd-v2.1-base-4view.pt")
+    return folder / "sd-v2.1-base-4view.pt", base

@@ -132,8 +132,20 @@ class CameraRanges:
 
 
 def sample_cameras(batch: int, ranges: CameraRanges, size: int,
-                   generator: torch.Generator | None = None) -> Cameras:
-    """Random cameras; azimuths are stratified: one per 360/batch sector, with a random offset."""
+                   generator: torch.Generator | None = None, views_per_group: int = 1) -> Cameras:
+    """Random cameras; azimuths are stratified: one per 360/batch sector, with a random offset.
+
+    views_per_group V > 1 (multi-view priors such as MVDream): batch / V groups of V consecutive
+    views that share elevation, distance and field of view, at azimuths 360/V apart from a random
+    start (V = 4: 90 degrees)."""
+    if views_per_group > 1:
+        V = views_per_group
+        G = batch // V
+        u = lambda lo_hi: (lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(G, generator=generator)).repeat_interleave(V)  # noqa: E731
+        elevation, distance, fov = u(ranges.elevation), u(ranges.distance), u(ranges.fov_y)
+        start = torch.rand(G, generator=generator) * 360.0
+        azimuth = ((start[:, None] + torch.arange(V) * 360.0 / V) % 360.0 - 180.0).reshape(-1)
+        return make_cameras(elevation, azimuth, distance, fov, size)
     u = lambda lo_hi: lo_hi[0] + (lo_hi[1] - lo_hi[0]) * torch.rand(batch, generator=generator)  # noqa: E731
     # Uniform on the sphere's band rather than uniform in angle would oversample the equator; the
     # priors are trained uniform in angle, so sample the same way.

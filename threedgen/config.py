@@ -82,6 +82,12 @@ class CameraConfig:
     eval_elevation: float = 20.0
     eval_distance: float = 2.8
     eval_fov_y: float = 30.0
+    views_per_group: int = 1  # multi-view priors (MVDream: 4): groups of views 360/V degrees apart
+
+    def __post_init__(self):
+        if self.views_per_group < 1 or self.batch_size % self.views_per_group:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of views_per_group "
+                             f"({self.views_per_group})")
 
 
 @dataclass(frozen=True)
@@ -104,10 +110,13 @@ class PromptConfig:
 @dataclass(frozen=True)
 class PriorConfig:
     """embedded: the prior shipped in the package; diffusers: any Stable-Diffusion-layout checkpoint
-    (SD 1.x/2.x, SDXL, pixel models), a local folder or a hub id in ``path``."""
+    (SD 1.x/2.x, SDXL, pixel models, video models, converted MVDream folders), a local folder or a
+    hub id in ``path``; mvdream: MVDream's released single file in ``path`` (a local file or
+    org/repo/filename on the hub) plus the Stable Diffusion 2.1 base it was fine-tuned from."""
 
-    name: Literal["embedded", "diffusers"] = "embedded"
+    name: Literal["embedded", "diffusers", "mvdream"] = "embedded"
     path: str | None = None
+    base: str = "stabilityai/stable-diffusion-2-1-base"  # mvdream: VAE, text encoder, tokenizer, scheduler
     resolution: int | None = None  # image size renders are resized to; None: the model's own
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # half precision on CUDA only
     attention_slicing: bool = False
@@ -115,8 +124,8 @@ class PriorConfig:
     cpu_offload: bool = False  # stream the UNet and VAE through the GPU (accelerate); CUDA only
 
     def __post_init__(self):
-        if self.name == "diffusers" and not self.path:
-            raise ValueError("path: a diffusers prior needs a local folder or a hub id")
+        if self.name != "embedded" and not self.path:
+            raise ValueError(f"path: a {self.name} prior needs a checkpoint (local path or hub id)")
         if self.name == "embedded" and self.path:
             raise ValueError("path: the embedded prior takes no path (name: diffusers loads a folder)")
 

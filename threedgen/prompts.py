@@ -24,12 +24,13 @@ from torch import Tensor
 from threedgen.cameras import Cameras
 from threedgen.config import ConfigError, PromptConfig, value_at
 from threedgen.guidance.base import Conditioning
+from threedgen.priors.base import cache_root
 
 VIEWS = ("front", "side", "back", "overhead")
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("THREEDGEN_CACHE", Path.home() / ".cache" / "threedgen")) / "text-embeddings"
+    return cache_root() / "text-embeddings"
 
 
 def encode_cached(prior, prompts: list[str], use_cache: bool = True) -> Tensor:
@@ -72,8 +73,7 @@ class PromptProcessor:
 
     def __init__(self, prior, prompt: str, negative_prompt: str = "", cfg: PromptConfig = PromptConfig()):
         self.prior, self.cfg = prior, cfg
-        has_camera = prior.camera_condition(None, 1) is not None
-        self.view_dependent = (not has_camera) if cfg.view_dependent is None else cfg.view_dependent
+        self.view_dependent = (not prior.has_camera) if cfg.view_dependent is None else cfg.view_dependent
         if cfg.perp_neg and not self.view_dependent:
             raise ConfigError("system.prompts.perp_neg: needs view-dependent prompts, which are off for "
                               "a camera-conditioned prior unless system.prompts.view_dependent is true")
@@ -102,6 +102,6 @@ class PromptProcessor:
                     back_w = torch.where(idx == 0, w, 0.0)  # front: away from back
                     perp_neg = ((expand(self.views[0:1]), front_w), (expand(self.views[2:3]), back_w))
         return Conditioning(text, expand(self.null_text), prior.camera_condition(cameras, B),
-                            prior.camera_condition(None, B),
+                            prior.camera_condition(cameras, B, null=True),
                             negative=None if self.negative is None else expand(self.negative),
                             pose=pose, perp_neg=perp_neg)

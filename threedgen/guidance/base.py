@@ -142,8 +142,16 @@ def encode_and_draw(prior: Prior, rgb: Tensor, t_min: float, t_max: float,
     """The start of a noise-based method's step: rgb [B, 3, H, W] -> (x [B, C, h, w] encoded,
     differentiable; t [B] ~ U[t_min, t_max] * T; eps [B, C, h, w] ~ N(0, I)), drawn in that order."""
     x = to_prior_input(prior, rgb)
-    t = sample_timesteps(len(x), t_min, t_max, prior.num_train_timesteps, generator).to(x.device)
-    return x, t, torch.randn(x.shape, generator=generator).to(x)
+    return x, draw_timesteps(prior, len(x), t_min, t_max, generator).to(x.device), \
+        torch.randn(x.shape, generator=generator).to(x)
+
+
+def draw_timesteps(prior: Prior, batch: int, t_min: float, t_max: float,
+                   generator: torch.Generator | None) -> Tensor:
+    """[B] integer t ~ U[t_min, t_max] * T, one per view, or one per group of views for a
+    multi-view prior (its views are denoised jointly, at one noise level)."""
+    V = prior.num_views
+    return sample_timesteps(batch // V, t_min, t_max, prior.num_train_timesteps, generator).repeat_interleave(V)
 
 
 def inject(x: Tensor, grad: Tensor) -> Tensor:

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
 from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, bcast, ddim_hop, guided_noise,
-                                     output, predict_branches, sample_timesteps, to_prior_input, weight)
+                                     output, predict_branches, draw_timesteps, to_prior_input, weight)
 from threedgen.guidance.sds import Weighting
 
 
@@ -45,8 +45,7 @@ class ISM(Guidance):
         prior, cfg = self.prior, self.cfg
         T = prior.num_train_timesteps
         x = to_prior_input(prior, rgb)
-        t = sample_timesteps(len(x), value_at(cfg.t_min, step), value_at(cfg.t_max, step), T,
-                             generator).to(x.device)
+        t = draw_timesteps(prior, len(x), value_at(cfg.t_min, step), value_at(cfg.t_max, step), generator).to(x.device)
         s = (t - round(value_at(cfg.interval, step) * T)).clamp_min(0)
         with torch.no_grad():
             x_s, evals = self.invert(x, s, cond, max(1, round(value_at(cfg.inversion_stride, step) * T)))

@@ -81,8 +81,7 @@ class VSD(Guidance):
         unet = copy.deepcopy(prior.unet).requires_grad_(False)
         unet.add_adapter(LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_rank,
                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-        self.camera_dim = 0 if prior.camera_condition(None, 1) is None else prior.camera_condition(None, 1).shape[1]
-        unet.class_embedding = CameraClassEmbedding(unet.class_embedding, self.camera_dim,
+        unet.class_embedding = CameraClassEmbedding(unet.class_embedding, prior.camera_dim,
                                                     unet.time_embedding.linear_2.out_features)
         unet.train()
         self.lora_unet = unet

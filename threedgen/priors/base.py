@@ -7,23 +7,34 @@ A prior is a frozen diffusion model seen through four calls:
   differentiable (a VAE latent, or pixels for pixel-space priors);
 - ``predict_noise(x_t, t [B], text [B, L, D], camera [B, Dc] | None) -> eps [B, C, h, w]``: always
   epsilon, whatever the checkpoint predicts (v-prediction is converted);
-- ``camera_condition(cameras | None) -> Tensor [B, Dc] | None``: the prior's camera features, the
-  null camera for ``None``; ``None`` for priors without camera conditioning;
+- ``camera_condition(cameras | None, batch, null=False) -> Tensor [B, Dc] | None``: the prior's
+  camera features; with ``null`` (or no cameras) what CFG's unconditional branch gets (zeros for
+  the embedded prior; the cameras themselves for MVDream, which has no null camera); ``None`` for
+  priors without camera conditioning;
 - ``run_unet(unet, x_t, t, text, class_labels) -> raw prediction``: a UNet of the prior's family
   (its own or a trained copy such as VSD's LoRA) called with the prior's conditioning conventions;
 - ``unet``, ``scheduler``: the diffusers parts (VSD copies the UNet; sampling reads the schedule).
 
-and ``alphas_cumprod [T]`` with ``num_train_timesteps = T``, and ``resolution``, the image size
-its ``encode_images`` expects (renders are resized to it by the guidance).
+and ``alphas_cumprod [T]`` with ``num_train_timesteps = T``, ``resolution``, the image size
+its ``encode_images`` expects (renders are resized to it by the guidance), ``has_camera``,
+``camera_dim`` and ``num_views`` (see ``Prior``).
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Protocol
 
 from torch import Tensor
 
 from threedgen.cameras import Cameras
+
+
+def cache_root() -> Path:
+    """Where threedgen caches derived files (text embeddings, converted checkpoints):
+    $THREEDGEN_CACHE, default ~/.cache/threedgen."""
+    return Path(os.environ.get("THREEDGEN_CACHE", Path.home() / ".cache" / "threedgen"))
 
 
 class PromptError(ValueError):
@@ -38,6 +49,9 @@ class Prior(Protocol):
     resolution: int
     num_train_timesteps: int
     alphas_cumprod: Tensor
+    has_camera: bool  # camera-conditioned (the embedded prior, MVDream)
+    camera_dim: int  # width of camera_condition's features; 0 without
+    num_views: int  # images denoised jointly (MVDream: 4); batches come in groups of this size
 
     def encode_prompts(self, prompts: list[str]) -> Tensor: ...
 
@@ -47,6 +61,6 @@ class Prior(Protocol):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor: ...
 
-    def camera_condition(self, cameras: Cameras | None, batch: int) -> Tensor | None: ...
+    def camera_condition(self, cameras: Cameras | None, batch: int, null: bool = False) -> Tensor | None: ...
 
     def run_unet(self, unet, x_t: Tensor, t: Tensor, text: Tensor, class_labels: Tensor | None) -> Tensor: ...

@@ -42,8 +42,9 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer
 
 from threedgen.cameras import Cameras
-from threedgen.priors.base import PriorLoadError, PromptError
+from threedgen.priors.base import PriorLoadError, PromptError, cache_root
 from threedgen.priors.embedded.model import CAMERA_DIM, PixelShuffleCodec, camera_embedding
+from threedgen.priors.mvdream import converted_folder, install_multiview_attention, mvdream_camera
 
 EMBEDDED_PATH = Path(__file__).parent / "embedded" / "weights"
 # What a hub download fetches: the diffusers components, safetensors only (no .bin / .ckpt twins).
@@ -58,11 +59,12 @@ class DiffusionPrior(nn.Module):
 
     text_encoders / tokenizers: one (SD 1/2, pixel models) or two (SDXL); vae: an AutoencoderKL,
     a PixelShuffleCodec, or None (pixel space); resolution: the image size renders are resized to
-    (default: the UNet's sample size times the VAE's downsampling)."""
+    (default: the UNet's sample size times the VAE's downsampling); multiview: {"num_views": V}
+    for MVDream-style UNets (see ``threedgen.priors.mvdream``)."""
 
     def __init__(self, unet: UNet2DConditionModel, text_encoders: list, tokenizers: list,
                  scheduler: DDPMScheduler, vae: nn.Module | None, world: dict | None = None,
-                 resolution: int | None = None):
+                 resolution: int | None = None, multiview: dict | None = None):
         super().__init__()
         self.unet, self.vae = unet, vae
         self.text_encoders, self.tokenizers = list(text_encoders), list(tokenizers)  # not submodules: CPU
@@ -83,9 +85,13 @@ class DiffusionPrior(nn.Module):
                                  f"downsampling factor {self.factor}")
         self.vocabulary = world["vocabulary"] if world else None
         config = unet.config
-        self.has_camera = (config.get("class_embed_type") == "projection"
-                           and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM
-                           and world is not None)
+        self.num_views = multiview["num_views"] if multiview else 1
+        if multiview:
+            install_multiview_attention(unet, self.num_views)
+        # The camera: the embedded world's features, MVDream's c2w, or none.
+        self.camera_kind = ("c2w" if multiview else "world" if (
+            world is not None and config.get("class_embed_type") == "projection"
+            and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM) else None)
         self.sdxl = config.get("addition_embed_type") == "text_time"
         self.video = isinstance(unet, UNet3DConditionModel)
         self.text_encoder_id: str | None = None  # names the text encoder(s) for the embedding cache
@@ -119,8 +125,8 @@ class DiffusionPrior(nn.Module):
             encoders.append(_load(folder, f"text_encoder{suffix}", lambda s=suffix: _load_text_encoder(folder, s)))
             tokenizers.append(_load(folder, f"tokenizer{suffix}",
                                     lambda s=suffix: AutoTokenizer.from_pretrained(folder, subfolder=f"tokenizer{s}")))
-        world = json.loads((folder / "world.json").read_text()) if (folder / "world.json").is_file() else None
-        prior = cls(unet, encoders, tokenizers, scheduler, vae, world, resolution)
+        read = lambda name: json.loads((folder / name).read_text()) if (folder / name).is_file() else None  # noqa: E731
+        prior = cls(unet, encoders, tokenizers, scheduler, vae, read("world.json"), resolution, read("multiview.json"))
         stats = [(folder / f"{te}/model.safetensors").stat() for te in ("text_encoder", "text_encoder_2")
                  if (folder / te).is_dir()]
         prior.text_encoder_id = f"{folder.resolve()}|" + "|".join(f"{s.st_size}:{s.st_mtime_ns}" for s in stats)
@@ -185,13 +191,28 @@ class DiffusionPrior(nn.Module):
         return (self.vae.decode((x / self.vae.config.scaling_factor).to(self.vae.dtype)).sample.float() + 1) / 2
 
     # --- denoiser ---------------------------------------------------------------------------------
-    def camera_condition(self, cameras: Cameras | None, batch: int) -> Tensor | None:
-        """[B, CAMERA_DIM] camera features; zeros (the null camera) when ``cameras`` is None."""
-        if not self.has_camera:
+    @property
+    def has_camera(self) -> bool:
+        return self.camera_kind is not None
+
+    @property
+    def camera_dim(self) -> int:
+        """Dc, the width of ``camera_condition``'s features (0 without camera conditioning)."""
+        return {None: 0, "world": CAMERA_DIM, "c2w": 16}[self.camera_kind]
+
+    def camera_condition(self, cameras: Cameras | None, batch: int, null: bool = False) -> Tensor | None:
+        """[B, Dc] camera features: the world's (zeros = the null camera, for ``null`` or no
+        cameras) or MVDream's c2w (which has no null camera: ``null`` returns the cameras' own)."""
+        device = self.alphas_cumprod.device
+        if self.camera_kind is None:
             return None
-        if cameras is None:
-            return torch.zeros(batch, CAMERA_DIM, device=self.alphas_cumprod.device)
-        return camera_embedding(cameras).to(self.alphas_cumprod.device)
+        if self.camera_kind == "c2w":
+            if cameras is None:
+                raise ValueError("a multi-view prior needs the views' cameras")
+            return mvdream_camera(cameras).to(device)
+        if cameras is None or null:
+            return torch.zeros(batch, CAMERA_DIM, device=device)
+        return camera_embedding(cameras).to(device)
 
     def unet_kwargs(self, text: Tensor) -> tuple[Tensor, dict]:
         """Split SDXL's packed text [B, L + 1, D] into (hidden states, added_cond_kwargs)."""
@@ -286,6 +307,33 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
+def _offline_error(name: str) -> PriorLoadError:
+    why = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub cannot be reached"
+    return PriorLoadError(
+        f"prior {name!r} is not in the local Hugging Face cache and {why}: on a connected machine run "
+        f"`hf download {name}` (then copy ~/.cache/huggingface), or set system.prior.path to a local folder")
+
+
+def resolve_file(name: str) -> Path:
+    """A local file, or "org/repo/filename" on the hub -> its path in the Hugging Face cache."""
+    local = Path(name).expanduser()
+    if local.is_file():
+        return local
+    parts = name.split("/")
+    if local.exists() or name.startswith((".", "/", "~")) or len(parts) < 3:
+        raise PriorLoadError(f"prior {name}: no such file (and not a hub file of the form org/repo/filename)")
+    from huggingface_hub import hf_hub_download
+
+    repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
+    try:
+        return Path(hf_hub_download(repo, filename, local_files_only=True))
+    except Exception:  # not cached
+        pass
+    if hub_offline() or not hub_reachable():
+        raise _offline_error(name)
+    return Path(hf_hub_download(repo, filename))
+
+
 def resolve_checkpoint(name: str) -> Path:
     """A local folder, or a hub id ("org/model") -> its folder in the Hugging Face cache,
     downloaded (safetensors components only) when online and not cached yet."""
@@ -301,10 +349,7 @@ def resolve_checkpoint(name: str) -> Path:
     except Exception:  # not cached (LocalEntryNotFoundError), or an incomplete cache entry
         pass
     if hub_offline() or not hub_reachable():
-        why = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub cannot be reached"
-        raise PriorLoadError(
-            f"prior {name!r} is not in the local Hugging Face cache and {why}: on a connected machine run "
-            f"`hf download {name}` (then copy ~/.cache/huggingface), or set system.prior.path to a local folder")
+        raise _offline_error(name)
     try:
         return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
     except Exception as e:
@@ -316,7 +361,10 @@ def load_prior(cfg) -> DiffusionPrior:
     if (cfg.dtype != "float32" or cfg.cpu_offload) and not torch.cuda.is_available():
         raise PriorLoadError(f"system.prior: {'cpu_offload' if cfg.cpu_offload else 'dtype ' + cfg.dtype} "
                              "needs a CUDA device; use dtype float32 and cpu_offload false on CPU")
-    path = EMBEDDED_PATH if cfg.name == "embedded" else cfg.path
+    if cfg.name == "mvdream":  # a single file + the SD 2.1 base folder -> a converted folder, made once
+        path = converted_folder(resolve_file(cfg.path), resolve_checkpoint(cfg.base), cache_root() / "priors")
+    else:
+        path = EMBEDDED_PATH if cfg.name == "embedded" else cfg.path
     prior = DiffusionPrior.from_pretrained(path, resolution=cfg.resolution, dtype=cfg.dtype)
     if cfg.attention_slicing:
         prior.unet.set_attention_slice("auto")
