@@ -3,7 +3,10 @@
 Rows: the prior's classifier-free-guided evaluation (the floor of a step); every representation's
 renderer at the default recipe's sizes, at the prior's resolution, 64^2 and 128^2, as a ratio to
 that floor; the Gaussian rasterizer (tiled, pure torch) against the dense all-pixels reference;
-one full SDS step per representation split into render, prior (guidance) and backward+optimiser. All forward+backward, medians of a few repeats, seconds.
+one full SDS step per representation, and one full step of every guidance method on Gaussians
+(with its recipe's settings), split into render, guidance (prior calls and the method's own
+work) and backward+optimiser, with the prior evaluations each step makes. All forward+backward,
+medians of a few repeats, seconds.
 Absolute times only mean something on the machine they were measured on; compare ratios.
 """
 
@@ -18,7 +21,7 @@ import torch
 from benchmarks.gaussians import bench_rasterizer
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import load as load_config
-from threedgen.guidance.sds import SDS
+from threedgen.guidance import GUIDANCE
 from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
 from threedgen.prompts import PromptProcessor
 from threedgen.representations import REPRESENTATIONS
@@ -62,34 +65,38 @@ def bench_render(name: str, size: int, repeats: int, n_views: int = 4) -> float:
     return median_time(step, repeats)
 
 
-def bench_sds_step(name: str, prior, repeats: int) -> dict[str, float]:
-    """One training step of ``name`` + SDS at the default recipe's sizes, split into parts."""
-    cls = REPRESENTATIONS[name]
-    rep = cls.from_config(recipe_representation(name))
+def bench_step(name: str, prior, repeats: int, method: str = "sds") -> dict[str, float]:
+    """One training step of ``name`` + a guidance method with the recipe's settings
+    (configs/<name>-<method>.yaml), split into parts; also the prior evaluations of a step."""
+    rep = REPRESENTATIONS[name].from_config(recipe_representation(name))
     rep.train()
-    guidance = SDS(SDS.Config(), prior)
+    recipe = RECIPES / f"{name}-{method}.yaml"
+    cfg = load_config([recipe], ["prompt=a red cube"]).system.guidance if recipe.is_file() else GUIDANCE[method].Config()
+    guidance = GUIDANCE[method](cfg, prior)
     prompts = PromptProcessor(prior, "a red cube")
-    opts = rep.optimizers()
+    opts = {**rep.optimizers(), **guidance.optimizers()}
     bg = torch.ones(3)
     parts = {"render": [], "prior": [], "backward+optimiser": []}
+    evals = 0
     for k in range(repeats + 1):
         g = torch.Generator().manual_seed(k)
         cams = sample_cameras(4, CameraRanges(), 32, g)
         t0 = time.perf_counter()
         out = rep.render(cams, bg, generator=g)
         t1 = time.perf_counter()
-        loss = guidance(out.rgb, prompts.conditioning(cams), k, generator=g).loss
+        guided = guidance(out.rgb, prompts.conditioning(cams, k), k, generator=g)
         t2 = time.perf_counter()
         for o in opts.values():
             o.zero_grad()
-        loss.backward()
+        guided.loss.backward()
         for o in opts.values():
             o.step()
         t3 = time.perf_counter()
         if k:  # the first is a warm-up
             for key, v in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
                 parts[key].append(v)
-    return {k: statistics.median(v) for k, v in parts.items()}
+            evals += guided.prior_evals
+    return {**{k: statistics.median(v) for k, v in parts.items()}, "evals": evals / repeats}
 
 
 def bench_prior(prior, repeats: int, batch: int = 4) -> float:
@@ -130,10 +137,12 @@ def main(args) -> int:
                if dense else f"dense reference skipped ({4 * n * s * s / 1e6:.0f}M Gaussian-pixel pairs)")
         row(f"gaussians rasterizer fwd+bwd {n // 1000}k @{s}^2 x4 views", f"{r['tiled'] * 1e3:.0f} ms",
             f"{ref}; {r['tiled'] / p:.2f}x the prior")
-    for name in REPRESENTATIONS:
-        parts = bench_sds_step(name, prior, repeats)
+    steps = [(name, "sds") for name in REPRESENTATIONS] + [("gaussians", m) for m in GUIDANCE if m != "sds"]
+    for name, method in steps:
+        parts = bench_step(name, prior, repeats, method)
+        evals = parts.pop("evals")
         total = sum(parts.values())
         detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
-        row(f"{name}+sds full step @32^2 x4 views", f"{total * 1e3:.0f} ms",
-            f"{detail}; prior share {parts['prior'] / total:.0%}")
+        row(f"{name}+{method} full step @32^2 x4 views", f"{total * 1e3:.0f} ms",
+            f"{detail}; guidance share {parts['prior'] / total:.0%}; {evals:.0f} prior evals")
     return 0
