@@ -123,6 +123,11 @@ def cmd_check_prior(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.prior:
+        from benchmarks.real_priors import sd21_shape_sds_step
+
+        print(sd21_shape_sds_step())
+        return 0
     from benchmarks.run import main as bench_main
 
     return bench_main(args)
@@ -145,6 +150,8 @@ def parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="renderer and step timings, as a table")
     b.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
+    b.add_argument("--prior", choices=["sd21-shape"],
+                   help="instead: one SDS step of a random-weight SD 2.1-size UNet, fp16 on CUDA (skipped without)")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-prior", help="train the embedded prior and its classifier")
