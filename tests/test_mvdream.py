@@ -101,12 +101,13 @@ def test_sampler_makes_groups_of_four_views_90_degrees_apart():
     assert not torch.allclose(cams.elevation[0], cams.elevation[4])
 
 
-@pytest.mark.parametrize("extra", [[], ["system.guidance.x0_reconstruction=true"]], ids=["sds", "x0-recon"])
-def test_two_mvdream_sds_steps_from_the_cli(tmp_path, checkpoint, extra):
+@pytest.mark.parametrize("recipe, extra", [("sds", []), ("sds", ["system.guidance.x0_reconstruction=true"]),
+                                           ("vsd", [])], ids=["sds", "x0-recon", "vsd"])
+def test_two_mvdream_guidance_steps_from_the_cli(tmp_path, checkpoint, recipe, extra):
     ckpt, base = checkpoint
     run = fit(tmp_path, "prompt=a red cube", "trainer.max_steps=2", "system.prior.name=mvdream",
               f"system.prior.path={ckpt}", f"system.prior.base={base}", "system.camera.views_per_group=4",
-              *extra, config=str(REPO / "configs" / "gaussians-sds.yaml"))
+              *extra, config=str(REPO / "configs" / f"gaussians-{recipe}.yaml"))
     assert (run / "ckpts" / "last.ckpt").is_file()
 
 
