@@ -1,4 +1,4 @@
-"""``threedgen fit | eval | bench | train-prior | check-prior``.
+"""``threedgen fit | eval | export | bench | train-prior | check-prior``.
 
 User errors (bad config, unknown prompt word, missing checkpoint, unwritable folder) print one
 line, ``threedgen: error: ...``, and exit with code 2; no traceback.
@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -21,9 +20,10 @@ class UserError(Exception):
 def _user_errors():
     from threedgen.config import ConfigError
     from threedgen.priors.base import PriorLoadError, PromptError
+    from threedgen.export import ExportError
     from threedgen.runs import RunError
 
-    return (UserError, ConfigError, PromptError, PriorLoadError, RunError)
+    return (UserError, ConfigError, PromptError, PriorLoadError, RunError, ExportError)
 
 
 def cmd_fit(args) -> int:
@@ -90,6 +90,14 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from threedgen.export import export
+
+    for path in export(Path(args.run_dir), args.format, Path(args.out) if args.out else None):
+        print(path)
+    return 0
+
+
 def cmd_train_prior(args) -> int:
     import torch
 
@@ -133,6 +141,12 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
+def _export_formats():
+    from threedgen.export import FORMATS
+
+    return FORMATS
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="threedgen", description="Text-to-3D by score distillation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +161,13 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--views", type=int, default=4)
     e.set_defaults(func=cmd_eval)
+
+    x = sub.add_parser("export", help="write a finished run's assets (several formats in one call)")
+    x.add_argument("run_dir")
+    x.add_argument("--format", nargs="+", required=True, choices=sorted(_export_formats()),
+                   help="splat: the Gaussians as a 3DGS .ply")
+    x.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="renderer and step timings, as a table")
     b.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
@@ -175,7 +196,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedded prior never needs the network
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     args.argv = argv
