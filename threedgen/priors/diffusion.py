@@ -96,10 +96,6 @@ class DiffusionPrior(nn.Module):
         self.video = isinstance(unet, UNet3DConditionModel)
         self.text_encoder_id: str | None = None  # names the text encoder(s) for the embedding cache
 
-    @property
-    def text_encoder(self):
-        return self.text_encoders[0]
-
     @classmethod
     def from_pretrained(cls, path: str | Path = EMBEDDED_PATH, resolution: int | None = None,
                         dtype: str = "float32") -> DiffusionPrior:
@@ -307,11 +303,22 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _offline_error(name: str) -> PriorLoadError:
-    why = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub cannot be reached"
-    return PriorLoadError(
-        f"prior {name!r} is not in the local Hugging Face cache and {why}: on a connected machine run "
-        f"`hf download {name}` (then copy ~/.cache/huggingface), or set system.prior.path to a local folder")
+def _from_hub(name: str, fetch) -> Path:
+    """``fetch(local_files_only) -> path`` from the Hugging Face cache, else downloaded when the
+    hub is allowed and reachable; offline, one line that says how to make it available."""
+    try:
+        return Path(fetch(True))
+    except Exception:  # not cached (LocalEntryNotFoundError), or an incomplete cache entry
+        pass
+    if hub_offline() or not hub_reachable():
+        why = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub cannot be reached"
+        raise PriorLoadError(
+            f"prior {name!r} is not in the local Hugging Face cache and {why}: on a connected machine run "
+            f"`hf download {name}` (then copy ~/.cache/huggingface), or set system.prior.path to a local folder")
+    try:
+        return Path(fetch(False))
+    except Exception as e:
+        raise PriorLoadError(f"prior {name!r}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
 def resolve_file(name: str) -> Path:
@@ -325,13 +332,7 @@ def resolve_file(name: str) -> Path:
     from huggingface_hub import hf_hub_download
 
     repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
-    try:
-        return Path(hf_hub_download(repo, filename, local_files_only=True))
-    except Exception:  # not cached
-        pass
-    if hub_offline() or not hub_reachable():
-        raise _offline_error(name)
-    return Path(hf_hub_download(repo, filename))
+    return _from_hub(name, lambda cached: hf_hub_download(repo, filename, local_files_only=cached))
 
 
 def resolve_checkpoint(name: str) -> Path:
@@ -344,16 +345,8 @@ def resolve_checkpoint(name: str) -> Path:
         raise PriorLoadError(f"prior {name}: no such folder (and not a hub id of the form org/model)")
     from huggingface_hub import snapshot_download
 
-    try:
-        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=True))
-    except Exception:  # not cached (LocalEntryNotFoundError), or an incomplete cache entry
-        pass
-    if hub_offline() or not hub_reachable():
-        raise _offline_error(name)
-    try:
-        return Path(snapshot_download(name, allow_patterns=HUB_PATTERNS))
-    except Exception as e:
-        raise PriorLoadError(f"prior {name!r}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    return _from_hub(name, lambda cached: snapshot_download(name, allow_patterns=HUB_PATTERNS,
+                                                             local_files_only=cached))
 
 
 def load_prior(cfg) -> DiffusionPrior:
