@@ -20,7 +20,8 @@ from PIL import Image
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import ConfigError, RunConfig, value_at
 from threedgen.evaluate import evaluate
-from threedgen.export.turntable import write_video
+from threedgen.export import export
+from threedgen.export.views import to_uint8, write_video
 from threedgen.guidance import GUIDANCE
 from threedgen.guidance.base import clip_pixel_grad
 from threedgen.priors.embedded.classifier import WorldClassifier
@@ -32,11 +33,6 @@ from threedgen.runs import atomic_write, load_representation
 
 log = logging.getLogger("threedgen")
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] in [0, 1] -> [B, H, W, 3] uint8."""
-    return (images.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
 
 
 class TextTo3D(pl.LightningModule):
@@ -134,7 +130,7 @@ class TextTo3D(pl.LightningModule):
 
     def save_views(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        frames = to_uint8(self.render_orbit(4, self.cfg.test.resolution).rgb)
+        frames = to_uint8(self.render_orbit(4, self.cfg.test.resolution).rgb.permute(0, 2, 3, 1))
         buf = path.with_suffix(".tmp.png")
         Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf)
         buf.replace(path)
@@ -144,17 +140,20 @@ class TextTo3D(pl.LightningModule):
 
     @torch.no_grad()
     def finish(self) -> dict:
-        """Test renders, turntable video and metrics.json for the finished run."""
+        """Test renders, turntable video, metrics.json and the test.export formats (in
+        <run>/export) for the finished run."""
         self.representation.eval()
         t = self.cfg.test
         test_dir = self.run_dir / "test"
         test_dir.mkdir(exist_ok=True)
-        frames = to_uint8(self.render_orbit(t.n_frames, t.resolution).rgb)
+        frames = to_uint8(self.render_orbit(t.n_frames, t.resolution).rgb.permute(0, 2, 3, 1))
         for i, f in enumerate(frames):
             Image.fromarray(f).save(test_dir / f"{i:03d}.png")
         write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
         metrics = self.metrics()
         atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if t.export:
+            export(self.run_dir, list(t.export), representation=self.representation)
         return metrics
 
     @torch.no_grad()

@@ -91,9 +91,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from threedgen.export import export
+    from threedgen.config import from_overrides
+    from threedgen.export import ExportConfig, export
 
-    for path in export(Path(args.run_dir), args.format, Path(args.out) if args.out else None):
+    # "--format glb mp4 shading=normal": key=value words after the formats are options too.
+    formats = [f for f in args.format if "=" not in f]
+    opts = from_overrides(ExportConfig, [*args.options, *(f for f in args.format if "=" in f)])
+    for path in export(Path(args.run_dir), formats, Path(args.out) if args.out else None, opts):
         print(path)
     return 0
 
@@ -164,9 +168,13 @@ def parser() -> argparse.ArgumentParser:
 
     x = sub.add_parser("export", help="write a finished run's assets (several formats in one call)")
     x.add_argument("run_dir")
-    x.add_argument("--format", nargs="+", required=True, choices=sorted(_export_formats()),
-                   help="splat: the Gaussians as a 3DGS .ply")
+    x.add_argument("--format", nargs="+", required=True, metavar="FORMAT",
+                   help=f"one or more of {', '.join(_export_formats())}. glb / obj / ply: textured "
+                        "mesh; splat: the Gaussians as a 3DGS .ply; mp4 / gif: turntable; views: "
+                        "multi-view set with transforms.json")
     x.add_argument("--out", help="output folder (default: RUN_DIR/export)")
+    x.add_argument("options", nargs="*", help="key=value export options, e.g. texture_size=2048 "
+                   "max_faces=20000 shading=normal frames=90 (see threedgen.export.ExportConfig)")
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="renderer and step timings, as a table")

@@ -141,11 +141,20 @@ class TrainerConfig:
 
 @dataclass(frozen=True)
 class TestConfig:
-    """End-of-run renders: a turntable of ``n_frames`` at ``resolution``."""
+    """End-of-run renders: a turntable of ``n_frames`` at ``resolution``, and ``export``'s
+    formats with default options."""
 
     n_frames: int = 36
     resolution: int = 64
     fps: int = 12
+    export: tuple[str, ...] = ("glb",)  # formats written to <run>/export at the end (threedgen export)
+
+    def __post_init__(self):
+        from threedgen.export import FORMATS
+
+        unknown = [f for f in self.export if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"export: unknown format {unknown[0]!r} (known: {', '.join(FORMATS)})")
 
 
 def _tables() -> tuple[dict, dict]:
@@ -297,18 +306,27 @@ def _read(f: str | Path, seen: tuple = ()) -> list:
     return _read(base, (*seen, f.resolve())) + [part]
 
 
-def load(files: list[str | Path], overrides: list[str] = ()) -> RunConfig:
-    """Merge YAML files (each after its ``base:`` recipe) and ``key=value`` overrides, then
-    validate the whole tree."""
-    parts = [p for f in files for p in _read(f)]
+def _merge(parts: list, overrides: list[str]) -> dict:
+    """OmegaConf parts, then dotted ``key=value`` overrides, merged into plain data."""
     try:
         for o in overrides:
             if "=" not in o:
                 raise ConfigError(f"{o}: overrides are dotted key=value pairs")
-        parts.append(OmegaConf.from_dotlist(list(overrides)))
-        data = OmegaConf.to_container(OmegaConf.merge(*parts), resolve=True)
+        parts = [*parts, OmegaConf.from_dotlist(list(overrides))]
+        return OmegaConf.to_container(OmegaConf.merge(*parts), resolve=True)
     except OmegaConfBaseException as e:
         raise ConfigError(f"config: {str(e).splitlines()[0]}") from None
+
+
+def from_overrides(cls, overrides: list[str]):
+    """Dataclass ``cls`` from ``key=value`` pairs alone (e.g. export options), validated."""
+    return build(cls, _merge([], overrides))
+
+
+def load(files: list[str | Path], overrides: list[str] = ()) -> RunConfig:
+    """Merge YAML files (each after its ``base:`` recipe) and ``key=value`` overrides, then
+    validate the whole tree."""
+    data = _merge([p for f in files for p in _read(f)], overrides)
     if files and "name" not in data:
         data["name"] = Path(files[-1]).stem
     return build(RunConfig, data)

@@ -1,41 +1,172 @@
-"""Export a finished run: ``export(run_dir, formats)``, also ``threedgen export RUN_DIR --format ...``.
+"""Export a finished run: ``export(run_dir, formats, options)``, also
+``threedgen export RUN_DIR --format glb mp4 ... [key=value ...]``.
 
-FORMATS maps a format name to a function (run config, representation, output folder) -> the
-files it wrote. Each file is written atomically (a temporary file, then a rename).
+FORMATS maps a format name to a function (Job) -> the files it wrote:
+
+- glb, obj, ply: the textured mesh (``export.mesh``; built once per call and shared), with a
+  ``mesh.json`` report beside it: how the surface was found and its measured fidelity to the
+  renders (silhouette IoU, colour PSNR);
+- splat: the Gaussians as a 3DGS ``.ply`` (``export.splat``);
+- mp4, gif: a turntable of the representation with RGB, normal or depth shading;
+- views: a multi-view set with ``transforms.json`` (``export.views``).
+
+Every file is written atomically (a temporary file, then a rename); a run with no surface fails
+with a one-line ExportError and writes no mesh file.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Literal
+
+import torch
 
 
 class ExportError(ValueError):
     """A run that cannot be exported in the asked format; the message is one line."""
 
 
-def _splat(cfg, rep, out: Path) -> list[Path]:
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of ``export`` (each format reads the ones it needs); CLI: ``key=value``."""
+
+    grid: int = 128  # density grid of the isosurface (NeRF, triplane, Gaussians)
+    level: float | None = None  # isosurface level; default: the one matching the renders' silhouettes
+    min_piece: float = 0.05  # drop pieces with fewer faces than this fraction of the largest
+    max_faces: int = 20000  # decimate to about this many faces (quadric); 0 keeps them all
+    texture_size: int = 1024
+    resolution: int = 256  # of turntable frames and view images
+    frames: int = 60  # turntable
+    fps: int = 20
+    shading: Literal["rgb", "normal", "depth"] = "rgb"  # turntable
+    elevation: float | None = None  # turntable; default: the run's evaluation elevation
+    elevations: tuple[float, ...] = (0.0, 30.0)  # views: one ring of views per elevation
+    azimuths: int = 8  # views per ring
+    background: tuple[float, float, float] | None = None  # default: the run's background
+
+    def __post_init__(self):
+        if self.grid < 8 or self.texture_size < 8 or self.resolution < 8:
+            raise ValueError("grid, texture_size and resolution must be at least 8")
+        if self.frames < 1 or self.fps < 1 or self.azimuths < 1 or not self.elevations:
+            raise ValueError("frames, fps and azimuths must be positive and elevations non-empty")
+        if self.max_faces < 0 or not 0 <= self.min_piece < 1:
+            raise ValueError("max_faces >= 0 and 0 <= min_piece < 1 are required")
+        if any(abs(e) > 89.9 for e in self.elevations) or (self.elevation is not None and abs(self.elevation) > 89.9):
+            raise ValueError("elevations must lie within (-90, 90) degrees")
+        if self.background is not None and not all(0 <= c <= 1 for c in self.background):
+            raise ValueError("background colour components must lie in [0, 1]")
+
+
+class Job:
+    """One export call: the run's config and representation, the options, the output folder,
+    and what several formats share (the textured mesh)."""
+
+    def __init__(self, cfg, rep, out: Path, opts: ExportConfig):
+        self.cfg, self.rep, self.out, self.opts = cfg, rep, out, opts
+        self.background = torch.tensor(opts.background or cfg.system.background, dtype=torch.float32)
+
+    def orbit(self, n: int, size: int, elevation: float | None = None):
+        """n views around the object at the run's evaluation camera (distance, field of view)."""
+        from threedgen.cameras import orbit
+
+        c = self.cfg.system.camera
+        el = c.eval_elevation if elevation is None else elevation
+        return orbit(n, el, c.eval_distance, c.eval_fov_y, size)
+
+    @cached_property
+    def mesh(self):
+        """The textured mesh, its fidelity measured against 8 orbit views, reported in mesh.json."""
+        from threedgen.export.mesh import SurfaceError, fidelity, textured_mesh
+        from threedgen.runs import atomic_write
+
+        o = self.opts
+        try:
+            m = textured_mesh(self.rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
+                              max_faces=o.max_faces, texture_size=o.texture_size)
+        except SurfaceError as e:
+            raise ExportError(f"mesh: {e}") from None
+        m.info["fidelity"] = fidelity(self.rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
+                                      self.background)
+        atomic_write(self.out / "mesh.json", json.dumps(m.info, indent=2))
+        return m
+
+
+def _glb(job: Job) -> list[Path]:
+    from threedgen.export.mesh import write_glb
+
+    return write_glb(job.mesh, job.out / "mesh.glb") + [job.out / "mesh.json"]
+
+
+def _obj(job: Job) -> list[Path]:
+    from threedgen.export.mesh import write_obj
+
+    return write_obj(job.mesh, job.out / "obj") + [job.out / "mesh.json"]
+
+
+def _ply(job: Job) -> list[Path]:
+    from threedgen.export.mesh import write_ply
+
+    return write_ply(job.mesh, job.out / "mesh.ply") + [job.out / "mesh.json"]
+
+
+def _splat(job: Job) -> list[Path]:
     from threedgen.export.splat import write_splat_ply
     from threedgen.representations.gaussians import Gaussians
 
-    if not isinstance(rep, Gaussians):
-        raise ExportError(f"splat: a {cfg.system.representation.name} run has no Gaussians "
+    if not isinstance(job.rep, Gaussians):
+        raise ExportError(f"splat: a {job.cfg.system.representation.name} run has no Gaussians "
                           "(the splat format is for gaussians runs)")
-    path = out / "splat.ply"
-    write_splat_ply(rep, path)
+    path = job.out / "splat.ply"
+    write_splat_ply(job.rep, path)
     return [path]
 
 
-FORMATS = {"splat": _splat}
+def _turntable(suffix: str):
+    def write(job: Job) -> list[Path]:
+        from threedgen.export.views import turntable, write_video
+
+        o = job.opts
+        frames = turntable(job.rep, job.orbit(o.frames, o.resolution, o.elevation), o.shading, job.background)
+        path = job.out / f"turntable{'' if o.shading == 'rgb' else '-' + o.shading}.{suffix}"
+        write_video(path, frames, fps=o.fps)
+        return [path]
+
+    return write
 
 
-def export(run: Path, formats: list[str], out: Path | None = None) -> list[Path]:
-    """Write ``formats`` of the run at ``run`` into ``out`` (default run/export) -> the files."""
-    from threedgen.runs import load_representation
+def _views(job: Job) -> list[Path]:
+    from threedgen.export.views import view_cameras, write_view_set
 
+    o, c = job.opts, job.cfg.system.camera
+    cams = view_cameras(o.elevations, o.azimuths, c.eval_distance, c.eval_fov_y, o.resolution)
+    return write_view_set(job.rep, cams, job.out / "views", job.background)
+
+
+FORMATS = {"glb": _glb, "obj": _obj, "ply": _ply, "splat": _splat,
+           "mp4": _turntable("mp4"), "gif": _turntable("gif"), "views": _views}
+
+
+def export(run: Path, formats: list[str], out: Path | None = None,
+           opts: ExportConfig = ExportConfig(), representation=None) -> list[Path]:
+    """Write ``formats`` of the run at ``run`` into ``out`` (default run/export) -> the files.
+    ``representation``: the run's representation when the caller already holds it."""
+    from threedgen.runs import load_representation, load_run_config
+
+    if not formats:
+        raise ExportError(f"no format given (known: {', '.join(FORMATS)})")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ExportError(f"unknown format {unknown[0]!r} (known: {', '.join(FORMATS)})")
-    cfg, rep = load_representation(Path(run))
+    if representation is None:
+        cfg, rep = load_representation(Path(run))
+    else:
+        cfg, rep = load_run_config(Path(run)), representation
     out = Path(out) if out else Path(run) / "export"
     out.mkdir(parents=True, exist_ok=True)
-    return [path for f in formats for path in FORMATS[f](cfg, rep, out)]
+    job = Job(cfg, rep.eval(), out, opts)
+    files = [path for f in dict.fromkeys(formats) for path in FORMATS[f](job)]
+    return list(dict.fromkeys(files))
+

@@ -45,12 +45,16 @@ def ray_max(grid: Tensor, aabb: float, cameras: Cameras, n_samples: int = 128) -
 
 
 def choose_level(grid: Tensor, aabb: float, cameras: Cameras, masks: Tensor,
-                 n_candidates: int = 256) -> tuple[float, float]:
+                 n_candidates: int = 256, level: float | None = None) -> tuple[float, float]:
     """The level whose solid's silhouettes best match ``masks`` [B, H, W] bool (module doc).
-    Candidates are quantiles of the ray maxima. Returns (level, mean IoU at that level)."""
+    Candidates are quantiles of the ray maxima; ``level`` scores that one level instead.
+    Returns (level, mean IoU at that level)."""
     peak = ray_max(grid, aabb, cameras)  # [B, H, W]
-    finite = peak[torch.isfinite(peak)]
-    levels = torch.quantile(finite, torch.linspace(0.0, 1.0, n_candidates, dtype=finite.dtype)).unique()
+    if level is None:
+        finite = peak[torch.isfinite(peak)]
+        levels = torch.quantile(finite, torch.linspace(0.0, 1.0, n_candidates, dtype=finite.dtype)).unique()
+    else:
+        levels = torch.tensor([level], dtype=peak.dtype)
     solid = peak[None] > levels[:, None, None, None]  # [L, B, H, W]
     inter = (solid & masks).sum((2, 3)).float()
     union = (solid | masks).sum((2, 3)).float().clamp_min(1)
@@ -67,14 +71,15 @@ def silhouette_cameras(size: int = 64, distance: float = 2.8, fov_y: float = 30.
 
 
 @torch.no_grad()
-def extract_isosurface(representation, resolution: int = 64,
-                       min_piece: float = 0.05) -> tuple[np.ndarray, np.ndarray, dict]:
+def extract_isosurface(representation, resolution: int = 64, min_piece: float = 0.05,
+                       level: float | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
     """Mesh of ``representation``'s density (any module with ``aabb``, ``density_grid(R)`` and
     ``render(cameras, background)``).
 
     Returns verts [V, 3] float32 (world), faces [F, 3] int64 (counter-clockwise seen from outside:
     normals point out of the solid), and info {"level", "silhouette_iou", "resolution"}.
-    Pieces with fewer than ``min_piece`` of the largest piece's faces are dropped."""
+    Pieces with fewer than ``min_piece`` of the largest piece's faces are dropped. ``level``
+    overrides the chosen level. Raises ValueError (one line) when there is no surface."""
     from skimage.measure import marching_cubes
     import trimesh
 
@@ -82,7 +87,9 @@ def extract_isosurface(representation, resolution: int = 64,
     grid = representation.density_grid(resolution).float().cpu()
     cams = silhouette_cameras()
     masks = representation.render(cams, torch.ones(3)).alpha[:, 0] > 0.5  # alpha: any background
-    level, score = choose_level(grid, aabb, cams, masks)
+    if not masks.any() and level is None:
+        raise ValueError("no surface: the representation renders empty (alpha < 0.5) from every view")
+    level, score = choose_level(grid, aabb, cams, masks, level=level)
     if not grid.min() < level < grid.max():
         raise ValueError(f"no surface: the density grid lies entirely on one side of level {level:g}")
     verts, faces, _, _ = marching_cubes(grid.numpy(), level, spacing=(2 * aabb / (resolution - 1),) * 3)

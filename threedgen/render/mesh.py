@@ -139,11 +139,10 @@ def _visible_faces(xy: Tensor, z: Tensor, faces: Tensor, height: int, width: int
     return torch.where(zbuf == _EMPTY, -1, zbuf & _LOW32)
 
 
-def _interior(verts: Tensor, faces: Tensor, normals: Tensor, xy: Tensor, z: Tensor,
-              pixel: Tensor, face: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Differentiable attributes at covered pixels. pixel [N] flat ids into B * H * W, face [N].
-
-    Returns surface points [N, 3] (world), depth [N], normals [N, 3]."""
+def _barycentrics(xy: Tensor, z: Tensor, faces: Tensor, pixel: Tensor, face: Tensor,
+                  height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Perspective-correct barycentrics at pixel centres. xy [B, V, 2], z [B, V]; pixel [N] flat
+    ids into B * H * W, face [N]. Returns vertex ids [N, 3], weights [N, 3], depth [N]."""
     b = pixel // (height * width)
     i, j = (pixel // width) % height, pixel % width
     p = torch.stack([j, i], -1).to(xy) + 0.5
@@ -153,9 +152,33 @@ def _interior(verts: Tensor, faces: Tensor, normals: Tensor, xy: Tensor, z: Tens
                      _cross2(t[:, 1] - t[:, 0], p - t[:, 0])], -1)
     q = e / (e.sum(-1, keepdim=True) * tz)  # b_k / z_k (the edge functions sum to the area)
     depth = 1 / q.sum(-1)
-    w = q * depth[:, None]  # perspective-correct barycentrics
+    return vid, q * depth[:, None], depth
+
+
+def _interior(verts: Tensor, faces: Tensor, normals: Tensor, xy: Tensor, z: Tensor,
+              pixel: Tensor, face: Tensor, height: int, width: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Differentiable attributes at covered pixels. pixel [N] flat ids into B * H * W, face [N].
+
+    Returns surface points [N, 3] (world), depth [N], normals [N, 3]."""
+    vid, w, depth = _barycentrics(xy, z, faces, pixel, face, height, width)
     points = (w[..., None] * verts[vid]).sum(1)
     return points, depth, normals[face]
+
+
+@torch.no_grad()
+def rasterize(xy: Tensor, z: Tensor, faces: Tensor, height: int, width: int,
+              near: float = 0.01) -> tuple[Tensor, Tensor]:
+    """The visibility pass alone, for any 2D layout of a mesh (a camera's projection, or a UV
+    atlas with z = 1). xy [B, V, 2] pixel coordinates, z [B, V] depths, faces [F, 3].
+
+    Returns face ids [B, H, W] (-1 where empty) and perspective-correct barycentrics
+    [B, H, W, 3] (0 where empty)."""
+    B = xy.shape[0]
+    face_ids = _visible_faces(xy, z, faces, height, width, near)
+    pixel = (face_ids >= 0).nonzero().squeeze(-1)
+    _, w, _ = _barycentrics(xy, z, faces, pixel, face_ids[pixel], height, width)
+    bary = w.new_zeros(B * height * width, 3).index_put((pixel,), w)
+    return face_ids.reshape(B, height, width), bary.reshape(B, height, width, 3)
 
 
 def _contours(verts: Tensor, normals: Tensor, edges: MeshEdges, z: Tensor,

@@ -216,3 +216,23 @@ def _render_estimator(field_fn: FieldFn, estimator, origins: Tensor, dirs: Tenso
         info["normals"] = normals
         normal_out = acc(normals)
     return _assemble(rgb_out, alpha, depth, normal_out, shape, info)
+
+
+@torch.no_grad()
+def surface_colour(field_fn: FieldFn, points: Tensor, normals: Tensor, depth: float,
+                   n_samples: int = 16) -> Tensor:
+    """The colour a ray along -normal sees at a surface point: the field composited over the
+    segment from ``points + depth * normals`` to ``points - depth * normals`` and divided by the
+    segment's opacity (a bare surface colour, without the background). points, unit normals
+    [M, 3] -> rgb [M, 3]; a segment with no opacity takes the field's colour at the point."""
+    import nerfacc
+
+    M, S = points.shape[0], n_samples
+    step = 2 * depth / S
+    t_starts = (torch.arange(S, dtype=points.dtype, device=points.device) * step).expand(M, S)
+    samples = points[:, None] + (depth - (t_starts + step / 2))[..., None] * normals[:, None]
+    density, rgb = field_fn(samples.reshape(-1, 3))
+    weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_starts + step, density.reshape(M, S))
+    opacity = weights.sum(-1, keepdim=True)
+    composite = (weights[..., None] * rgb.reshape(M, S, 3)).sum(1) / opacity.clamp_min(1e-8)
+    return torch.where(opacity > 1e-4, composite, field_fn(points)[1])

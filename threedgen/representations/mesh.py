@@ -185,6 +185,10 @@ class Mesh(nn.Module):
         a = self.cfg.ambient
         return self.albedo(points) * (a + (1 - a) * (normals @ self.light).clamp(min=0))[:, None]
 
+    def surface_colour(self, points: Tensor, normals: Tensor) -> Tensor:
+        """points, outward unit normals [M, 3] -> [M, 3]: the rendered (shaded) colour there."""
+        return self.shade(points, normals)
+
     def render(self, cameras: Cameras, background: Tensor,
                generator: torch.Generator | None = None) -> RenderOutput:
         """See ``render_mesh``. (``generator`` is accepted for the common interface:

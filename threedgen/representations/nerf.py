@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from threedgen.cameras import Cameras
 from threedgen.config import Scheduled, weighted_terms
 from threedgen.render.types import RenderOutput
-from threedgen.render.volume import render_volume
+from threedgen.render.volume import render_volume, surface_colour
 
 
 class _TruncExp(torch.autograd.Function):
@@ -222,6 +222,12 @@ class NeRF(nn.Module):
         return render_volume(self.field, cameras, aabb=self.aabb, n_samples=n_samples,
                              background=background, stratified=stratified, generator=generator,
                              estimator=estimator, with_normals=with_normals)
+
+    def surface_colour(self, points: Tensor, normals: Tensor) -> Tensor:
+        """points, outward unit normals [M, 3] -> [M, 3]: the rendered colour there, composited
+        over two cells either side of the surface (``render.volume.surface_colour``)."""
+        cell = 2 * self.aabb / (self.resolution - 1)
+        return surface_colour(lambda p: self.field(p, skip=False), points, normals, depth=2 * cell)
 
     @torch.no_grad()
     def density_grid(self, resolution: int, chunk: int = 1 << 18) -> Tensor:

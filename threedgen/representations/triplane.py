@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from threedgen.cameras import Cameras
 from threedgen.config import Scheduled, weighted_terms
 from threedgen.render.types import RenderOutput
-from threedgen.render.volume import render_volume
+from threedgen.render.volume import render_volume, surface_colour
 from threedgen.representations.nerf import _ACTIVATIONS, opacity_entropy, opacity_sparsity
 
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz
@@ -124,6 +124,12 @@ class Triplane(nn.Module):
         density = self.density_grid(self.cfg.occ_resolution, centres=True)
         occ = F.max_pool3d((density >= self.cfg.skip_density).float()[None, None], 3, 1, 1)[0, 0]
         self.occupancy.copy_(occ.bool())
+
+    def surface_colour(self, points: Tensor, normals: Tensor) -> Tensor:
+        """points, outward unit normals [M, 3] -> [M, 3]: the rendered colour there, composited
+        over two plane texels either side of the surface (``render.volume.surface_colour``)."""
+        texel = 2 * self.cfg.aabb / self.cfg.resolution
+        return surface_colour(lambda p: self.decode(self.planes, p), points, normals, depth=2 * texel)
 
     @torch.no_grad()
     def density_grid(self, resolution: int, centres: bool = False, chunk: int = 1 << 18) -> Tensor:
