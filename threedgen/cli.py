@@ -105,21 +105,29 @@ def cmd_export(args) -> int:
 def cmd_train_prior(args) -> int:
     import torch
 
-    from threedgen.priors.embedded.classifier import classifier_accuracy, train_classifier
-    from threedgen.priors.embedded.train import PriorTrainConfig, train_diffusion
+    from threedgen.priors.embedded import classifier as K
+    from threedgen.priors.embedded import train as T
 
-    out = Path(args.out)
+    out = Path(args.out or ("prior-training/video" if args.video else "prior-training/weights"))
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
                         handlers=[logging.FileHandler(out / "train.log")])
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.part in ("all", "diffusion"):
-        train_diffusion(out, PriorTrainConfig(steps=args.steps, seed=args.seed))
+        if args.video:
+            T.train_video(out, T.VideoTrainConfig(steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed))
+        else:
+            T.train_diffusion(out, T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed))
     if args.part in ("all", "classifier"):
-        model = train_classifier(out / "classifier", seed=args.seed)
-        print(json.dumps({"classifier_accuracy": classifier_accuracy(model)}))
-    print(f"saved to {out}; copy it to threedgen/priors/embedded/weights to ship it")
+        if args.video:
+            model = K.train_clip_classifier(out / "classifier", seed=args.seed)
+            print(json.dumps({"classifier_accuracy": K.clip_classifier_accuracy(model)}))
+        else:
+            model = K.train_classifier(out / "classifier", seed=args.seed)
+            print(json.dumps({"classifier_accuracy": K.classifier_accuracy(model)}))
+    ship = "video" if args.video else "weights"
+    print(f"saved to {out}; copy it to threedgen/priors/embedded/{ship} to ship it")
     return 0
 
 
@@ -183,9 +191,10 @@ def parser() -> argparse.ArgumentParser:
                    help="instead: one SDS step of a random-weight SD 2.1-size UNet, fp16 on CUDA (skipped without)")
     b.set_defaults(func=cmd_bench)
 
-    t = sub.add_parser("train-prior", help="train the embedded prior and its classifier")
-    t.add_argument("--out", default="prior-training/weights")
-    t.add_argument("--steps", type=int, default=5000)
+    t = sub.add_parser("train-prior", help="train the embedded prior (or --video: the video prior) and its classifier")
+    t.add_argument("--video", action="store_true", help="the text-to-video prior of the moving world")
+    t.add_argument("--out", help="default: prior-training/weights (prior-training/video with --video)")
+    t.add_argument("--steps", type=int, default=0, help="default: 5000 (3000 with --video)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")

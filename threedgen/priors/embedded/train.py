@@ -87,52 +87,32 @@ def save_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: PriorTrainConfi
     (out / "world.json").write_text(json.dumps(meta, indent=2))
 
 
-def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
-    g = torch.Generator().manual_seed(cfg.seed)
-    tokenizer = M.build_tokenizer(vocabulary())
-    text_encoder = M.build_text_encoder(len(tokenizer))
-    unet = M.build_unet()
-    scheduler = M.build_scheduler()
-    codec = M.PixelShuffleCodec(factor=2)
-    n_params = sum(p.numel() for p in [*unet.parameters(), *text_encoder.parameters()])
-    log.info("unet + text encoder: %.2fM parameters", n_params / 1e6)
+def text_features(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
+    """[B, MAX_TOKENS, D] hidden states, padding masked."""
+    tokens = tokenizer(prompts, padding="max_length", max_length=M.MAX_TOKENS, return_tensors="pt")
+    return text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
 
-    t0 = time.time()
-    data = render_dataset(cfg, g)
-    log.info("rendered %d training views in %.0f s", len(data["shape"]), time.time() - t0)
-    allowed = [[c for c, name in enumerate(world.COLOURS) if (shape, name) not in world.HELD_OUT]
-               for shape in world.SHAPES]
-    palette = world.colour_tensor(list(world.COLOURS))
-    colour_names = list(world.COLOURS)
 
-    params = [*unet.parameters(), *text_encoder.parameters()]
+def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Tensor,
+                   g: torch.Generator, **unet_kwargs) -> torch.Tensor:
+    """The epsilon-prediction loss at uniformly drawn timesteps; x0 [B, C, ...] (images or clips)."""
+    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(0, len(alphas), (len(x0),), generator=g)
+    a = alphas[t].view(-1, *[1] * (x0.dim() - 1))
+    pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text, **unet_kwargs).sample
+    return torch.nn.functional.mse_loss(pred, noise)
+
+
+def optimise(cfg, params: list, loss_fn, save, t0: float) -> None:
+    """AdamW with warmup + cosine decay, gradient clipping and an EMA of ``params``;
+    ``loss_fn(step)`` gives the step's loss, ``save()`` writes the model (called with the EMA
+    weights swapped in) every ``cfg.save_every`` steps and at the end."""
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup, cfg.steps)
     ema = EMAModel(params, decay=cfg.ema_decay)
-    alphas = scheduler.alphas_cumprod
-
     bar = tqdm(range(1, cfg.steps + 1), desc="train-prior", mininterval=5)
     for step in bar:
-        idx = torch.randint(len(data["shape"]), (cfg.batch_size,), generator=g)
-        colours = torch.tensor([random.choice(allowed[s]) for s in data["shape"][idx].tolist()])
-        images = world.colourize(data["luminance"][idx], data["alpha"][idx], palette[colours])
-        prompts = [f"{random.choice(M.ARTICLES)} {colour_names[c]} {world.SHAPES[s]}"
-                   for c, s in zip(colours.tolist(), data["shape"][idx].tolist())]
-        prompts = ["" if random.random() < cfg.text_dropout else p for p in prompts]
-        camera = data["camera"][idx] * (torch.rand(cfg.batch_size, 1, generator=g) >= cfg.camera_dropout)
-
-        x0 = codec.encode(images)
-        noise = torch.randn(x0.shape, generator=g)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (cfg.batch_size,), generator=g)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        tokens = tokenizer(prompts, padding="max_length", max_length=M.MAX_TOKENS, return_tensors="pt")
-        text = text_encoder(tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-        pred = unet(xt, t, text, class_labels=camera).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
-
+        loss = loss_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -145,9 +125,163 @@ def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
                      sched.get_last_lr()[0], time.time() - t0)
         if step % cfg.save_every == 0 or step == cfg.steps:
             with ema_weights(ema, params):
-                save_pipeline(out, unet, text_encoder, tokenizer, cfg)
-            log.info("saved EMA weights at step %d to %s", step, out)
+                save()
+            log.info("saved EMA weights at step %d", step)
     assert math.isfinite(loss.item())
+
+
+def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    tokenizer = M.build_tokenizer(vocabulary())
+    text_encoder = M.build_text_encoder(len(tokenizer))
+    unet = M.build_unet()
+    codec = M.PixelShuffleCodec(factor=2)
+    n_params = sum(p.numel() for p in [*unet.parameters(), *text_encoder.parameters()])
+    log.info("unet + text encoder: %.2fM parameters", n_params / 1e6)
+
+    t0 = time.time()
+    data = render_dataset(cfg, g)
+    log.info("rendered %d training views in %.0f s", len(data["shape"]), time.time() - t0)
+    allowed = [[c for c, name in enumerate(world.COLOURS) if (shape, name) not in world.HELD_OUT]
+               for shape in world.SHAPES]
+    palette = world.colour_tensor(list(world.COLOURS))
+    colour_names = list(world.COLOURS)
+    alphas = M.build_scheduler().alphas_cumprod
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(len(data["shape"]), (cfg.batch_size,), generator=g)
+        colours = torch.tensor([random.choice(allowed[s]) for s in data["shape"][idx].tolist()])
+        images = world.colourize(data["luminance"][idx], data["alpha"][idx], palette[colours])
+        prompts = [f"{random.choice(M.ARTICLES)} {colour_names[c]} {world.SHAPES[s]}"
+                   for c, s in zip(colours.tolist(), data["shape"][idx].tolist())]
+        prompts = ["" if random.random() < cfg.text_dropout else p for p in prompts]
+        camera = data["camera"][idx] * (torch.rand(cfg.batch_size, 1, generator=g) >= cfg.camera_dropout)
+        text = text_features(tokenizer, text_encoder, prompts)
+        return diffusion_loss(unet, alphas, codec.encode(images), text, g, class_labels=camera)
+
+    optimise(cfg, [*unet.parameters(), *text_encoder.parameters()], loss_fn,
+             lambda: save_pipeline(out, unet, text_encoder, tokenizer, cfg), t0)
+
+
+# --- the video prior (``threedgen train-prior --video``) ------------------------------------------
+@dataclass(frozen=True)
+class VideoTrainConfig:
+    steps: int = 3000
+    batch_size: int = 16  # clips
+    lr: float = 6e-4
+    warmup: int = 100
+    ema_decay: float = 0.999
+    text_dropout: float = 0.1
+    clips_per_combination: int = 80
+    elevation: tuple[float, float] = (-10.0, 60.0)
+    distance: tuple[float, float] = (2.6, 3.0)
+    fov_y: float = 30.0
+    resolution: int = 32
+    frames: int = M.VIDEO_FRAMES
+    seed: int = 0
+    save_every: int = 500
+
+
+SYNONYMS = {"ball": "sphere"}  # extra words of the video prompts, and the shape each names
+
+
+def video_vocabulary() -> list[str]:
+    return [*vocabulary(), *SYNONYMS, *world.MOTIONS]
+
+
+def video_combinations() -> list[tuple[str, str | None]]:
+    """(shape, motion or None for still) pairs of the training clips: every shape still, bouncing,
+    sliding and pulsing; spinning only where it shows (world.SPIN_DEGREES)."""
+    return [(s, m) for s in world.SHAPES for m in (None, *world.MOTIONS)
+            if m != "spinning" or s in world.SPIN_DEGREES]
+
+
+def video_prompt(colour: str, shape: str, motion: str | None, rng: random.Random | None = None) -> str:
+    """'a red cube spinning', 'a blue ball bouncing' (a sphere may be called a ball), 'a red cube'."""
+    rng = rng or random
+    word = rng.choice([shape, *[w for w, s in SYNONYMS.items() if s == shape]])
+    return " ".join([rng.choice(M.ARTICLES), colour, word, *([motion] if motion else [])])
+
+
+def clip_times(n: int, frames: int, g: torch.Generator) -> torch.Tensor:
+    """[n, frames] times of n clips: consecutive frames 1/frames apart from a random phase."""
+    return (torch.rand(n, 1, generator=g) + torch.arange(frames) / frames) % 1.0
+
+
+def render_clips(combos: list[tuple[str, str | None]], cameras, times: torch.Tensor):
+    """Clip b shows combos[b] from cameras[b] (fixed over the clip) at times[b] [T] ->
+    world.WorldRender of [B * T] frames, clip-major (red: recolour with world.colourize)."""
+    B, T = times.shape
+    shapes = [s for s, _ in combos for _ in range(T)]
+    poses = torch.cat([world.motion_pose(m, s, times[b]) for b, (s, m) in enumerate(combos)])
+    frames = cameras[torch.arange(B).repeat_interleave(T)]
+    return world.render(shapes, ["red"] * len(shapes), frames, poses=poses)
+
+
+def render_video_dataset(cfg: VideoTrainConfig, g: torch.Generator) -> dict:
+    """luminance / alpha [N, T, 1, R, R], combination index [N]."""
+    combos = video_combinations()
+    lum, alpha, index = [], [], []
+    for k, combo in enumerate(combos):
+        for start in range(0, cfg.clips_per_combination, 20):
+            n = min(20, cfg.clips_per_combination - start)
+            cams = random_cameras(n, cfg, g)
+            r = render_clips([combo] * n, cams, clip_times(n, cfg.frames, g))
+            lum.append(r.luminance.unflatten(0, (n, cfg.frames)))
+            alpha.append(r.alpha.unflatten(0, (n, cfg.frames)))
+            index.append(torch.full((n,), k))
+    return {"luminance": torch.cat(lum), "alpha": torch.cat(alpha), "combo": torch.cat(index), "combos": combos}
+
+
+def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrainConfig) -> None:
+    """The video prior's folder: the image prior's layout with a UNet3DConditionModel."""
+    out.mkdir(parents=True, exist_ok=True)
+    unet.save_pretrained(out / "unet")
+    text_encoder.save_pretrained(out / "text_encoder")
+    tokenizer.save_pretrained(out / "tokenizer")
+    M.build_scheduler().save_pretrained(out / "scheduler")
+    M.PixelShuffleCodec(factor=M.VIDEO_FACTOR).save_pretrained(out / "vae")
+    meta = {"vocabulary": video_vocabulary(), "shapes": list(world.SHAPES), "colours": list(world.COLOURS),
+            "motions": list(world.MOTIONS), "synonyms": SYNONYMS, "frames": cfg.frames,
+            "held_out": [list(p) for p in world.HELD_OUT], "resolution": cfg.resolution,
+            "camera": {"elevation": list(cfg.elevation), "distance": list(cfg.distance), "fov_y": cfg.fov_y},
+            "training": asdict(cfg)}
+    (out / "world.json").write_text(json.dumps(meta, indent=2))
+
+
+def train_video(out: Path, cfg: VideoTrainConfig) -> None:
+    torch.manual_seed(cfg.seed)
+    rng = random.Random(cfg.seed)
+    g = torch.Generator().manual_seed(cfg.seed)
+    tokenizer = M.build_tokenizer(video_vocabulary())
+    text_encoder = M.build_text_encoder(len(tokenizer))
+    unet = M.build_video_unet()
+    codec = M.PixelShuffleCodec(factor=M.VIDEO_FACTOR)
+    log.info("video unet + text encoder: %.2fM parameters",
+             sum(p.numel() for p in [*unet.parameters(), *text_encoder.parameters()]) / 1e6)
+    t0 = time.time()
+    data = render_video_dataset(cfg, g)
+    log.info("rendered %d training clips of %d frames in %.0f s", len(data["combo"]), cfg.frames, time.time() - t0)
+    palette = world.colour_tensor(list(world.COLOURS))
+    names = list(world.COLOURS)
+    alphas = M.build_scheduler().alphas_cumprod
+
+    def loss_fn(step: int) -> torch.Tensor:
+        idx = torch.randint(len(data["combo"]), (cfg.batch_size,), generator=g)
+        combos = [data["combos"][k] for k in data["combo"][idx].tolist()]
+        colours = [rng.choice([c for c in names if (s, c) not in world.HELD_OUT]) for s, _ in combos]
+        T = cfg.frames
+        rgb = world.colourize(data["luminance"][idx].flatten(0, 1), data["alpha"][idx].flatten(0, 1),
+                              palette[[names.index(c) for c in colours]].repeat_interleave(T, 0))
+        x0 = codec.encode(rgb).unflatten(0, (cfg.batch_size, T)).transpose(1, 2)  # [B, C, T, h, w]
+        prompts = ["" if rng.random() < cfg.text_dropout else video_prompt(c, s, m, rng)
+                   for c, (s, m) in zip(colours, combos)]
+        return diffusion_loss(unet, alphas, x0, text_features(tokenizer, text_encoder, prompts), g)
+
+    optimise(cfg, [*unet.parameters(), *text_encoder.parameters()], loss_fn,
+             lambda: save_video_pipeline(out, unet, text_encoder, tokenizer, cfg), t0)
 
 
 class ema_weights:

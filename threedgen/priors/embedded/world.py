@@ -93,7 +93,8 @@ def sd_mug(p: Tensor) -> Tensor:
 
 SDFS = {"sphere": sd_sphere, "cube": sd_cube, "cylinder": sd_cylinder, "cone": sd_cone,
         "torus": sd_torus, "mug": sd_mug}
-BOUND = 1.0  # every object lies inside the sphere of this radius
+BOUND = 1.0  # every object at rest lies inside the sphere of this radius
+MOVING_BOUND = 1.35  # ... and every moving one (see motion_pose) inside this one
 
 
 @dataclass(frozen=True)
@@ -110,18 +111,18 @@ class WorldRender:
     luminance: Tensor
 
 
-def _trace(sdf, origins: Tensor, dirs: Tensor, steps: int) -> tuple[Tensor, Tensor]:
+def _trace(sdf, origins: Tensor, dirs: Tensor, steps: int, bound: float = BOUND) -> tuple[Tensor, Tensor]:
     """Sphere-trace rays [N, 3] -> (hit mask [N], distance along ray [N])."""
     # Start at the bounding sphere to save steps.
     b = (origins * dirs).sum(-1)
-    c = (origins * origins).sum(-1) - BOUND**2
+    c = (origins * origins).sum(-1) - bound**2
     disc = b * b - c
     t = (-b - disc.clamp(min=0).sqrt()).clamp(min=0)
     alive = disc > 0
     for _ in range(steps):
         d = sdf(origins + t[:, None] * dirs)
         t = torch.where(alive, t + 0.95 * d, t)
-        alive = alive & (d > 1e-4) & (t < origins.norm(dim=-1) + BOUND)
+        alive = alive & (d > 1e-4) & (t < origins.norm(dim=-1) + bound)
     hit = (disc > 0) & (sdf(origins + t[:, None] * dirs).abs() < 2e-3)
     return hit, t
 
@@ -151,10 +152,53 @@ def colourize(luminance: Tensor, alpha: Tensor, colour: Tensor) -> Tensor:
     return colour[:, :, None, None] * luminance + BACKGROUND * (1 - alpha)
 
 
+# --- motions (the moving world of the video prior) ----------------------------------------------
+# A motion maps time t in [0, 1) (one period; clips may start at any phase) to a pose: an offset
+# [3], a rotation about the vertical axis (degrees) and a uniform scale, applied to the object.
+MOTIONS = ("bouncing", "spinning", "sliding", "pulsing")
+SPIN_DEGREES = {"cube": 90.0, "mug": 360.0}  # per period; the others look the same when spinning
+BOUNCE, SLIDE, PULSE = 0.5, 0.3, 0.2  # bounce height, slide amplitude (along y), pulse amplitude
+
+
+def motion_pose(motion: str | None, shape: str, t: Tensor) -> Tensor:
+    """t [N] -> poses [N, 5] = (dx, dy, dz, angle about z in degrees, scale); motion None: still.
+
+    bouncing: dz = BOUNCE |sin(pi t)| - BOUNCE / 2 (one bounce a period, floor contact at t = 0);
+    spinning: angle = SPIN_DEGREES[shape] t; sliding: dy = SLIDE sin(2 pi t);
+    pulsing: scale = 1 + PULSE sin(2 pi t)."""
+    if motion is not None and motion not in MOTIONS:
+        raise ValueError(f"unknown motion {motion!r}; known: {', '.join(MOTIONS)}")
+    if motion == "spinning" and shape not in SPIN_DEGREES:
+        raise ValueError(f"a spinning {shape} looks still; spinning shapes: {', '.join(SPIN_DEGREES)}")
+    pose = torch.zeros(len(t), 5)
+    pose[:, 4] = 1.0
+    if motion == "bouncing":
+        pose[:, 2] = BOUNCE * torch.sin(torch.pi * t).abs() - BOUNCE / 2
+    elif motion == "spinning":
+        pose[:, 3] = SPIN_DEGREES[shape] * t
+    elif motion == "sliding":
+        pose[:, 1] = SLIDE * torch.sin(2 * torch.pi * t)
+    elif motion == "pulsing":
+        pose[:, 4] = 1 + PULSE * torch.sin(2 * torch.pi * t)
+    return pose
+
+
+def posed(sdf, pose: Tensor):
+    """The SDF of the object moved by pose [N, 5] (one per query point): p -> s sdf(R^-1 (p - o) / s)."""
+    def moved(p: Tensor) -> Tensor:
+        q = p - pose[:, :3]
+        a = torch.deg2rad(pose[:, 3])
+        c, s = torch.cos(a), torch.sin(a)
+        q = torch.stack([c * q[:, 0] + s * q[:, 1], -s * q[:, 0] + c * q[:, 1], q[:, 2]], -1)
+        return pose[:, 4] * sdf(q / pose[:, 4:5])
+    return moved
+
+
 @torch.no_grad()
 def render(shapes: list[str], colours: list[str], cameras: Cameras, supersample: int = 2,
-           steps: int = 64) -> WorldRender:
-    """Render object b = (shapes[b], colours[b]) from cameras[b]. Deterministic."""
+           steps: int = 64, poses: Tensor | None = None) -> WorldRender:
+    """Render object b = (shapes[b], colours[b]) from cameras[b], moved by poses[b] (see
+    ``motion_pose``; None: at rest). Deterministic."""
     for s in shapes:
         if s not in SDFS:
             raise ValueError(f"unknown shape {s!r}; known: {', '.join(SHAPES)}")
@@ -164,12 +208,18 @@ def render(shapes: list[str], colours: list[str], cameras: Cameras, supersample:
     hit = torch.zeros(origins.shape[:-1])
     depth = torch.zeros(origins.shape[:-1])
     normal = torch.zeros(origins.shape)
+    pixels = origins.shape[1] * origins.shape[2]
     for shape in set(shapes):
         idx = torch.tensor([b for b, s in enumerate(shapes) if s == shape])
         o, d = origins[idx].reshape(-1, 3), dirs[idx].reshape(-1, 3)
-        h, t = _trace(SDFS[shape], o, d, steps)
+        per_ray = None if poses is None else poses[idx].repeat_interleave(pixels, 0)  # [N, 5]
+
+        def sdf(rays=slice(None), base=SDFS[shape]):
+            return base if per_ray is None else posed(base, per_ray[rays])
+
+        h, t = _trace(sdf(), o, d, steps, BOUND if poses is None else MOVING_BOUND)
         n = torch.zeros_like(o)
-        n[h] = _normals(SDFS[shape], (o + t[:, None] * d)[h])
+        n[h] = _normals(sdf(h), (o + t[:, None] * d)[h])
         hit[idx] = h.float().reshape(hit[idx].shape)
         depth[idx] = (t * h).reshape(depth[idx].shape)
         normal[idx] = n.reshape(normal[idx].shape)
