@@ -14,6 +14,7 @@ from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from systems.text_to_3d import TextTo3D
+from systems.text_to_4d import TextTo4D
 from threedgen.config import RunConfig
 from threedgen.runs import CKPT
 
@@ -36,20 +37,24 @@ class AtomicCheckpoint(pl.Callback):
             self.save(trainer)
 
 
-def fit(cfg: RunConfig, run_dir: Path, prior=None, ckpt_path: Path | None = None) -> dict:
-    """Optimise ``cfg.prompt`` into ``run_dir``; return the final metrics."""
+def fit(cfg: RunConfig, run_dir: Path, prior=None, ckpt_path: Path | None = None, video_prior=None) -> dict:
+    """Optimise ``cfg.prompt`` into ``run_dir`` (a 4D run when ``cfg.system.video`` is set);
+    return the final metrics. prior, video_prior: already loaded priors, if any."""
     threads = torch.get_num_threads()
     try:
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        return _fit(cfg, run_dir, prior, ckpt_path)
+        return _fit(cfg, run_dir, prior, ckpt_path, video_prior)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None) -> dict:
+def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None, video_prior) -> dict:
     pl.seed_everything(cfg.trainer.seed, verbose=False)
-    module = TextTo3D(cfg, run_dir, prior=prior, initialise=ckpt_path is None)
+    if cfg.system.video is not None:
+        module = TextTo4D(cfg, run_dir, prior=prior, video_prior=video_prior, initialise=ckpt_path is None)
+    else:
+        module = TextTo3D(cfg, run_dir, prior=prior, initialise=ckpt_path is None)
     trainer = pl.Trainer(
         accelerator="auto", devices=1, max_epochs=1, logger=CSVLogger(run_dir, name="logs", version=""),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ class TextTo3D(pl.LightningModule):
         self.cfg, self.run_dir = cfg, Path(run_dir)
         s = cfg.system
         self.prior = prior if prior is not None else load_prior(s.prior)
-        self.prompts = PromptProcessor(self.prior, cfg.prompt, cfg.negative_prompt, s.prompts)
+        self.prompts = PromptProcessor(self.prior, self.image_prompt(), cfg.negative_prompt, s.prompts)
         if cfg.init_from and initialise:
             _, source = load_representation(Path(cfg.init_from))
             self.representation = convert(source, s.representation, seed=cfg.trainer.seed)
@@ -62,6 +63,10 @@ class TextTo3D(pl.LightningModule):
         self.strict_loading = False  # checkpoints leave the frozen prior out
         self._t0 = None
         self._evals = self._steps = 0  # prior evaluations and steps run in this session
+
+    def image_prompt(self) -> str:
+        """The prompt the image guidance sees."""
+        return self.cfg.prompt
 
     # --- optimisation -----------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -82,17 +87,25 @@ class TextTo3D(pl.LightningModule):
         if int(self.step_count) >= self.cfg.trainer.max_steps:
             return -1  # tells Lightning to end the epoch: the run is complete
 
+    def distill(self, step: int, g: torch.Generator, time: float | None = None):
+        """Render a batch of random views (at ``time``, for dynamic representations) and score
+        them with the guidance -> (RenderOutput, GuidanceOutput)."""
+        cfg = self.cfg
+        c = cfg.system.camera
+        cams = sample_cameras(c.batch_size, self.ranges, c.resolution, g, c.views_per_group)
+        if time is not None:
+            cams = replace(cams, time=torch.full((len(cams),), time))
+        out = self.representation.render(cams, self.background, generator=g)
+        rgb = clip_pixel_grad(out.rgb, value_at(cfg.system.pixel_grad_clip, step))
+        return out, self.guidance(rgb, self.prompts.conditioning(cams, step), step, generator=g)
+
     def training_step(self, batch, batch_idx):
         step = int(self.step_count)
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
-        c = cfg.system.camera
-        cams = sample_cameras(c.batch_size, self.ranges, c.resolution, g, c.views_per_group)
         opts, guide_opts = self._optimizers()
         self.representation.pre_backward(step, opts)
-        out = self.representation.render(cams, self.background, generator=g)
-        rgb = clip_pixel_grad(out.rgb, value_at(cfg.system.pixel_grad_clip, step))
-        guided = self.guidance(rgb, self.prompts.conditioning(cams, step), step, generator=g)
+        out, guided = self.distill(step, g)
         regs = self.representation.regularisers(out, step)
         loss = guided.loss + sum(regs.values())
         for o in (*opts.values(), *guide_opts.values()):
@@ -162,7 +175,12 @@ class TextTo3D(pl.LightningModule):
         classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
         m = evaluate(lambda cams: self.representation.render(cams, self.background), self.cfg.prompt,
                      classifier, elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
-        m["steps"] = self.cfg.trainer.max_steps
+        return {**m, **self.timings()}
+
+    def timings(self) -> dict:
+        """steps, and for the steps run in this session: fit_seconds, seconds_per_step,
+        prior_evals_per_step."""
+        m = {"steps": self.cfg.trainer.max_steps}
         if self._t0 is not None:
             m["fit_seconds"] = round(time.time() - self._t0, 1)
         if self._steps:

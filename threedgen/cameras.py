@@ -107,11 +107,13 @@ def look_at(elevation: Tensor, azimuth: Tensor, distance: Tensor) -> Tensor:
 
 
 def make_cameras(elevation, azimuth, distance, fov_y, size: int, time=None) -> Cameras:
-    """Cameras from per-view angles (degrees). Scalars broadcast against the longest argument."""
+    """Cameras from per-view angles (degrees) and times. Scalars broadcast against the longest
+    argument."""
     values = [torch.as_tensor(v, dtype=torch.float32) for v in (elevation, azimuth, distance, fov_y)]
-    n = max(v.numel() for v in values)
+    t = None if time is None else torch.as_tensor(time, dtype=torch.float32)
+    n = max(v.numel() for v in values + ([t] if t is not None else []))
     el, az, d, fov = (v.reshape(-1).expand(n).clone() for v in values)
-    t = None if time is None else torch.as_tensor(time, dtype=torch.float32).reshape(-1).expand(n).clone()
+    t = None if t is None else t.reshape(-1).expand(n).clone()
     return Cameras(look_at(el, az, d), fov, el, az, d, size, size, t)
 
 

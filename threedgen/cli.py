@@ -47,14 +47,23 @@ def cmd_fit(args) -> int:
     from threedgen.priors.diffusion import load_prior
 
     prior = load_prior(cfg.system.prior)
-    prior.check_prompt(cfg.prompt)
+    video_prior = None
+    if cfg.system.video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
+        from systems.text_to_4d import image_prompt_for
+
+        video_prior = load_prior(cfg.system.video.prior)
+        video_prior.check_prompt(cfg.prompt)
+        video_prior.check_prompt(cfg.negative_prompt)
+        prior.check_prompt(cfg.system.video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
+    else:
+        prior.check_prompt(cfg.prompt)
     prior.check_prompt(cfg.negative_prompt)
     if not args.resume:
         run = runs.create_run_dir(cfg)
         runs.save_config(run, cfg, ["threedgen", *args.argv])
     from systems.fit import fit
 
-    metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt)
+    metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt, video_prior=video_prior)
     print(json.dumps({"run": str(run), **metrics}, indent=2))
     return 0
 

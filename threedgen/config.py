@@ -109,12 +109,13 @@ class PromptConfig:
 
 @dataclass(frozen=True)
 class PriorConfig:
-    """embedded: the prior shipped in the package; diffusers: any Stable-Diffusion-layout checkpoint
+    """embedded: the prior shipped in the package (embedded_video: its text-to-video twin, for 4D
+    runs); diffusers: any Stable-Diffusion-layout checkpoint
     (SD 1.x/2.x, SDXL, pixel models, video models, converted MVDream folders), a local folder or a
     hub id in ``path``; mvdream: MVDream's released single file in ``path`` (a local file or
     org/repo/filename on the hub) plus the Stable Diffusion 2.1 base it was fine-tuned from."""
 
-    name: Literal["embedded", "diffusers", "mvdream"] = "embedded"
+    name: Literal["embedded", "embedded_video", "diffusers", "mvdream"] = "embedded"
     path: str | None = None
     base: str = "stabilityai/stable-diffusion-2-1-base"  # mvdream: VAE, text encoder, tokenizer, scheduler
     resolution: int | None = None  # image size renders are resized to; None: the model's own
@@ -124,10 +125,11 @@ class PriorConfig:
     cpu_offload: bool = False  # stream the UNet and VAE through the GPU (accelerate); CUDA only
 
     def __post_init__(self):
-        if self.name != "embedded" and not self.path:
+        embedded = self.name.startswith("embedded")
+        if not embedded and not self.path:
             raise ValueError(f"path: a {self.name} prior needs a checkpoint (local path or hub id)")
-        if self.name == "embedded" and self.path:
-            raise ValueError("path: the embedded prior takes no path (name: diffusers loads a folder)")
+        if embedded and self.path:
+            raise ValueError(f"path: the {self.name} prior takes no path (name: diffusers loads a folder)")
 
 
 @dataclass(frozen=True)
@@ -166,6 +168,32 @@ def _tables() -> tuple[dict, dict]:
 
 
 @dataclass(frozen=True)
+class VideoConfig:
+    """Stage 2 of a 4D run (4D-fy's hybrid optimisation): from step ``start`` on, each step is,
+    with probability ``image_probability``, an image-guidance step at one random time, else a
+    video step: one camera, ``frames`` consecutive times 1/frames apart from a random start,
+    rendered at ``resolution`` and scored by ``guidance`` (one diffusion timestep per clip) from
+    ``prior``, a text-to-video model. Before ``start`` the canonical object is fitted alone."""
+
+    guidance: Any  # a guidance method's Config, chosen by its ``name`` (methods without their own optimizers)
+    prior: PriorConfig = field(default_factory=lambda: PriorConfig(name="embedded_video"))
+    start: int = 300
+    frames: int = 8
+    image_probability: float = 0.25
+    resolution: int = 32
+    camera_elevation: tuple[float, float] = (0.0, 40.0)  # of the clip's camera
+    # The image guidance's prompt; None: the prompt in the image prior's words (a closed
+    # vocabulary drops the motion words and reads "ball" as "sphere"), else the prompt itself.
+    image_prompt: str | None = None
+
+    def __post_init__(self):
+        if self.start < 0 or self.frames < 2 or self.resolution < 8:
+            raise ValueError("start >= 0, frames >= 2 and resolution >= 8 are required")
+        if not 0 <= self.image_probability <= 1:
+            raise ValueError("image_probability must lie in [0, 1]")
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     representation: Any  # a representation's Config, chosen by its ``name``
     guidance: Any  # a guidance method's Config, chosen by its ``name``
@@ -175,6 +203,7 @@ class SystemConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     # Clamp the gradient reaching each rendered pixel to [-c, c] (Dreamer XL); 0 = off.
     pixel_grad_clip: Scheduled = 0.0
+    video: VideoConfig | None = None  # set: a text-to-4D run (needs a dynamic representation)
 
 
 @dataclass(frozen=True)
@@ -189,7 +218,7 @@ class RunConfig:
     test: TestConfig = field(default_factory=TestConfig)
 
 
-TAGGED = {("SystemConfig", "representation"): 0, ("SystemConfig", "guidance"): 1}
+TAGGED = {("SystemConfig", "representation"): 0, ("SystemConfig", "guidance"): 1, ("VideoConfig", "guidance"): 1}
 
 
 # --- building dataclasses from plain data ------------------------------------------------------

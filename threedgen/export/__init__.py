@@ -10,6 +10,10 @@ FORMATS maps a format name to a function (Job) -> the files it wrote:
 - mp4, gif: a turntable of the representation with RGB, normal or depth shading;
 - views: a multi-view set with ``transforms.json`` (``export.views``).
 
+A 4D run (a dynamic representation) exports sequences: ``mesh_000.glb``, ... and
+``splat_000.ply``, ... at ``times`` times k / times; its turntable plays the motion once while
+the camera orbits, beside a fixed-view video; its view set shows time 0.
+
 Every file is written atomically (a temporary file, then a rename); a run with no surface fails
 with a one-line ExportError and writes no mesh file.
 """
@@ -17,7 +21,7 @@ with a one-line ExportError and writes no mesh file.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -46,12 +50,13 @@ class ExportConfig:
     elevations: tuple[float, ...] = (0.0, 30.0)  # views: one ring of views per elevation
     azimuths: int = 8  # views per ring
     background: tuple[float, float, float] | None = None  # default: the run's background
+    times: int = 8  # 4D runs: frames of the mesh and splat sequences (times k / times)
 
     def __post_init__(self):
         if self.grid < 8 or self.texture_size < 8 or self.resolution < 8:
             raise ValueError("grid, texture_size and resolution must be at least 8")
-        if self.frames < 1 or self.fps < 1 or self.azimuths < 1 or not self.elevations:
-            raise ValueError("frames, fps and azimuths must be positive and elevations non-empty")
+        if min(self.frames, self.fps, self.azimuths, self.times) < 1 or not self.elevations:
+            raise ValueError("frames, fps, azimuths and times must be positive and elevations non-empty")
         if self.max_faces < 0 or not 0 <= self.min_piece < 1:
             raise ValueError("max_faces >= 0 and 0 <= min_piece < 1 are required")
         if any(abs(e) > 89.9 for e in self.elevations) or (self.elevation is not None and abs(self.elevation) > 89.9):
@@ -62,54 +67,79 @@ class ExportConfig:
 
 class Job:
     """One export call: the run's config and representation, the options, the output folder,
-    and what several formats share (the textured mesh)."""
+    and what several formats share (the textured meshes)."""
 
     def __init__(self, cfg, rep, out: Path, opts: ExportConfig):
         self.cfg, self.rep, self.out, self.opts = cfg, rep, out, opts
         self.background = torch.tensor(opts.background or cfg.system.background, dtype=torch.float32)
+        self.dynamic = hasattr(rep, "at_time")
 
-    def orbit(self, n: int, size: int, elevation: float | None = None):
-        """n views around the object at the run's evaluation camera (distance, field of view)."""
+    def orbit(self, n: int, size: int, elevation: float | None = None, time: bool = False):
+        """n views around the object at the run's evaluation camera (distance, field of view);
+        ``time``: with times k / n, so that a dynamic object plays once during the orbit."""
         from threedgen.cameras import orbit
 
         c = self.cfg.system.camera
         el = c.eval_elevation if elevation is None else elevation
-        return orbit(n, el, c.eval_distance, c.eval_fov_y, size)
+        cams = orbit(n, el, c.eval_distance, c.eval_fov_y, size)
+        return replace(cams, time=torch.arange(n, dtype=torch.float32) / n) if time else cams
 
     @cached_property
-    def mesh(self):
-        """The textured mesh, its fidelity measured against 8 orbit views, reported in mesh.json."""
+    def frames(self) -> list[tuple[str, float | None, object]]:
+        """(file-name suffix, time, static representation) of each frame to export: the run's
+        representation, or for a 4D run snapshots at ``times`` times ("_000", "_001", ...)."""
+        if not self.dynamic:
+            return [("", None, self.rep)]
+        n = self.opts.times
+        return [(f"_{k:03d}", k / n, self.rep.at_time(k / n)) for k in range(n)]
+
+    @cached_property
+    def meshes(self) -> dict:
+        """suffix -> textured mesh, each with its fidelity against 8 orbit views, reported in
+        mesh.json (a 4D run's lists its frames)."""
         from threedgen.export.mesh import SurfaceError, fidelity, textured_mesh
         from threedgen.runs import atomic_write
 
-        o = self.opts
-        try:
-            m = textured_mesh(self.rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
-                              max_faces=o.max_faces, texture_size=o.texture_size)
-        except SurfaceError as e:
-            raise ExportError(f"mesh: {e}") from None
-        m.info["fidelity"] = fidelity(self.rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
-                                      self.background)
-        atomic_write(self.out / "mesh.json", json.dumps(m.info, indent=2))
-        return m
+        o, meshes = self.opts, {}
+        for suffix, time, rep in self.frames:
+            try:
+                m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
+                                  max_faces=o.max_faces, texture_size=o.texture_size)
+            except SurfaceError as e:
+                raise ExportError(f"mesh: {e}" + (f" (time {time:g})" if time is not None else "")) from None
+            m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
+                                          self.background)
+            meshes[suffix] = m
+        report = (meshes[""].info if not self.dynamic else
+                  {"frames": [{"time": t, **meshes[s].info} for s, t, _ in self.frames]})
+        atomic_write(self.out / "mesh.json", json.dumps(report, indent=2))
+        return meshes
 
 
-def _glb(job: Job) -> list[Path]:
+def _mesh_format(write):
+    """A format that writes each textured mesh with ``write(mesh, job, suffix)``."""
+    def run(job: Job) -> list[Path]:
+        return [p for suffix, m in job.meshes.items() for p in write(m, job, suffix)] + [job.out / "mesh.json"]
+
+    return run
+
+
+def _glb(m, job: Job, suffix: str) -> list[Path]:
     from threedgen.export.mesh import write_glb
 
-    return write_glb(job.mesh, job.out / "mesh.glb") + [job.out / "mesh.json"]
+    return write_glb(m, job.out / f"mesh{suffix}.glb")
 
 
-def _obj(job: Job) -> list[Path]:
+def _obj(m, job: Job, suffix: str) -> list[Path]:
     from threedgen.export.mesh import write_obj
 
-    return write_obj(job.mesh, job.out / "obj") + [job.out / "mesh.json"]
+    return write_obj(m, job.out / f"obj{suffix}")
 
 
-def _ply(job: Job) -> list[Path]:
+def _ply(m, job: Job, suffix: str) -> list[Path]:
     from threedgen.export.mesh import write_ply
 
-    return write_ply(job.mesh, job.out / "mesh.ply") + [job.out / "mesh.json"]
+    return write_ply(m, job.out / f"mesh{suffix}.ply")
 
 
 def _splat(job: Job) -> list[Path]:
@@ -119,33 +149,44 @@ def _splat(job: Job) -> list[Path]:
     if not isinstance(job.rep, Gaussians):
         raise ExportError(f"splat: a {job.cfg.system.representation.name} run has no Gaussians "
                           "(the splat format is for gaussians runs)")
-    path = job.out / "splat.ply"
-    write_splat_ply(job.rep, path)
-    return [path]
+    paths = []
+    for suffix, _, rep in job.frames:
+        paths.append(job.out / f"splat{suffix}.ply")
+        write_splat_ply(rep, paths[-1])
+    return paths
 
 
 def _turntable(suffix: str):
     def write(job: Job) -> list[Path]:
+        """The turntable (a 4D run plays once while the camera orbits), and for a 4D run a
+        fixed-view video too."""
         from threedgen.export.views import turntable, write_video
 
         o = job.opts
-        frames = turntable(job.rep, job.orbit(o.frames, o.resolution, o.elevation), o.shading, job.background)
-        path = job.out / f"turntable{'' if o.shading == 'rgb' else '-' + o.shading}.{suffix}"
-        write_video(path, frames, fps=o.fps)
-        return [path]
+        shading = "" if o.shading == "rgb" else "-" + o.shading
+        videos = {f"turntable{shading}": job.orbit(o.frames, o.resolution, o.elevation, time=job.dynamic)}
+        if job.dynamic:
+            one = job.orbit(1, o.resolution, o.elevation)[torch.zeros(o.frames, dtype=torch.long)]
+            videos[f"fixed{shading}"] = replace(one, time=torch.arange(o.frames, dtype=torch.float32) / o.frames)
+        paths = []
+        for name, cams in videos.items():
+            paths.append(job.out / f"{name}.{suffix}")
+            write_video(paths[-1], turntable(job.rep, cams, o.shading, job.background), fps=o.fps)
+        return paths
 
     return write
 
 
 def _views(job: Job) -> list[Path]:
+    """The multi-view set (for a 4D run, of its first frame)."""
     from threedgen.export.views import view_cameras, write_view_set
 
     o, c = job.opts, job.cfg.system.camera
     cams = view_cameras(o.elevations, o.azimuths, c.eval_distance, c.eval_fov_y, o.resolution)
-    return write_view_set(job.rep, cams, job.out / "views", job.background)
+    return write_view_set(job.frames[0][2], cams, job.out / "views", job.background)
 
 
-FORMATS = {"glb": _glb, "obj": _obj, "ply": _ply, "splat": _splat,
+FORMATS = {"glb": _mesh_format(_glb), "obj": _mesh_format(_obj), "ply": _mesh_format(_ply), "splat": _splat,
            "mp4": _turntable("mp4"), "gif": _turntable("gif"), "views": _views}
 
 

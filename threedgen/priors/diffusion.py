@@ -47,6 +47,7 @@ from threedgen.priors.embedded.model import CAMERA_DIM, PixelShuffleCodec, camer
 from threedgen.priors.mvdream import converted_folder, install_multiview_attention, mvdream_camera
 
 EMBEDDED_PATH = Path(__file__).parent / "embedded" / "weights"
+EMBEDDED_VIDEO_PATH = Path(__file__).parent / "embedded" / "video"
 # What a hub download fetches: the diffusers components, safetensors only (no .bin / .ckpt twins).
 HUB_PATTERNS = ["model_index.json", "scheduler/*", "tokenizer*/*", "text_encoder*/*.json",
                 "text_encoder*/*.safetensors", "unet/*.json", "unet/diffusion_pytorch_model.safetensors",
@@ -101,7 +102,8 @@ class DiffusionPrior(nn.Module):
                         dtype: str = "float32") -> DiffusionPrior:
         """Load a local folder or a hub id (see ``resolve_checkpoint``)."""
         folder = resolve_checkpoint(str(path))
-        hint = "; run `threedgen train-prior` or reinstall the package" if folder == EMBEDDED_PATH else ""
+        hint = {EMBEDDED_PATH: "; run `threedgen train-prior` or reinstall the package",
+                EMBEDDED_VIDEO_PATH: "; run `threedgen train-prior --video` or reinstall the package"}.get(folder, "")
         for sub, weights in [("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")]:
             if not (folder / sub / weights).is_file():
                 raise PriorLoadError(f"prior {path}: missing weights file {sub}/{weights}{hint}")
@@ -357,7 +359,7 @@ def load_prior(cfg) -> DiffusionPrior:
     if cfg.name == "mvdream":  # a single file + the SD 2.1 base folder -> a converted folder, made once
         path = converted_folder(resolve_file(cfg.path), resolve_checkpoint(cfg.base), cache_root() / "priors")
     else:
-        path = EMBEDDED_PATH if cfg.name == "embedded" else cfg.path
+        path = {"embedded": EMBEDDED_PATH, "embedded_video": EMBEDDED_VIDEO_PATH}.get(cfg.name, cfg.path)
     prior = DiffusionPrior.from_pretrained(path, resolution=cfg.resolution, dtype=cfg.dtype)
     if cfg.attention_slicing:
         prior.unet.set_attention_slice("auto")

@@ -111,3 +111,120 @@ def classifier_accuracy(model: WorldClassifier, n: int = 600, seed: int = 1234) 
     s, c = model(r.rgb)
     return {"shape": (s.argmax(-1) == shapes).float().mean().item(),
             "colour": (c.argmax(-1) == colours).float().mean().item(), "n": n}
+
+
+# --- clips: shape, colour and motion -------------------------------------------------------------
+STILL = "still"  # the motion label of a clip without motion
+
+
+class ClipClassifier(ModelMixin, ConfigMixin):
+    """clips [B, 3, T, 32, 32] in [0, 1] -> (shape [B, n_shapes], colour [B, n_colours],
+    motion [B, 1 + n_motions] logits; motion 0 is STILL). 3D convolutions over (t, y, x), so
+    motion is read from how the frames change; pooled over time, so any phase reads the same."""
+
+    @register_to_config
+    def __init__(self, shapes: tuple[str, ...] = world.SHAPES, colours: tuple[str, ...] = tuple(world.COLOURS),
+                 motions: tuple[str, ...] = (STILL, *world.MOTIONS), width: int = 16):
+        super().__init__()
+        w = width
+
+        def block(i, o):
+            return nn.Sequential(nn.Conv3d(i, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU(),
+                                 nn.Conv3d(o, o, 3, padding=1), nn.GroupNorm(8, o), nn.SiLU())
+
+        pool = nn.AvgPool3d((1, 2, 2))
+        stem = nn.Sequential(nn.Conv3d(3, w, (1, 3, 3), padding=(0, 1, 1)), nn.GroupNorm(8, w), nn.SiLU())
+        self.features = nn.Sequential(stem, pool, block(w, 2 * w), pool, block(2 * w, 4 * w), pool,
+                                      block(4 * w, 4 * w), nn.AdaptiveAvgPool3d(1), nn.Flatten())
+        self.heads = nn.ModuleList(nn.Linear(4 * w, len(n)) for n in (shapes, colours, motions))
+
+    def forward(self, clips: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        if clips.shape[-2:] != (32, 32):
+            B, C, T = clips.shape[:3]
+            frames = F.interpolate(clips.transpose(1, 2).flatten(0, 1), size=(32, 32), mode="bilinear",
+                                   antialias=True, align_corners=False)
+            clips = frames.unflatten(0, (B, T)).transpose(1, 2)
+        h = self.features(clips * 2 - 1)
+        return tuple(head(h) for head in self.heads)
+
+    @torch.no_grad()
+    def predict(self, clips: Tensor) -> tuple[list[str], list[str], list[str]]:
+        """clips [B, 3, T, H, W] -> (shape, colour, motion names), one each per clip."""
+        c = self.config
+        return tuple([names[i] for i in logits.argmax(-1).tolist()]
+                     for names, logits in zip((c.shapes, c.colours, c.motions), self(clips)))
+
+
+def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60.0), distance=(2.6, 3.0)):
+    """n random clips of every (shape, motion) the video prior learns, in red ->
+    (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still))."""
+    from threedgen.priors.embedded.train import clip_times, render_clips, video_combinations
+
+    combos = video_combinations()
+    pick = torch.randint(len(combos), (n,), generator=g).tolist()
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
+    cams = make_cameras(u(*elevation), u(0.0, 360.0), u(*distance), 30.0, 32)
+    r = render_clips([combos[k] for k in pick], cams, clip_times(n, frames, g))
+    motions = (STILL, *world.MOTIONS)
+    shape_ids = torch.tensor([world.SHAPES.index(combos[k][0]) for k in pick])
+    motion_ids = torch.tensor([motions.index(combos[k][1] or STILL) for k in pick])
+    return r, shape_ids, motion_ids
+
+
+def _as_clips(x: Tensor, frames: int) -> Tensor:
+    """[N * T, C, H, W] frames, clip-major -> [N, C, T, H, W]."""
+    return x.unflatten(0, (-1, frames)).transpose(1, 2)
+
+
+def train_clip_classifier(out: Path, steps: int = 1200, n_clips: int = 1500, frames: int = 8,
+                          seed: int = 0) -> ClipClassifier:
+    """Train on clips re-coloured on the fly and augmented (the same random transform on every
+    frame of a clip); save to ``out``."""
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.time()
+    data, shapes, motions = clip_batch(n_clips, g, frames)
+    log.info("clip classifier: rendered %d clips in %.0f s", n_clips, time.time() - t0)
+    lum, alpha = _as_clips(data.luminance, frames), _as_clips(data.alpha, frames)
+    palette = world.colour_tensor(list(world.COLOURS))
+    augment = K.VideoSequential(
+        K.RandomAffine(degrees=5, translate=(0.08, 0.08), scale=(0.85, 1.15), padding_mode="border", p=0.8),
+        K.RandomGaussianBlur((3, 3), (0.1, 1.0), p=0.5),
+        K.ColorJitter(brightness=0.1, saturation=0.15, p=0.5),
+        data_format="BCTHW", same_on_frame=True)
+    model = ClipClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in tqdm(range(1, steps + 1), desc="train-clip-classifier", mininterval=5):
+        idx = torch.randint(n_clips, (32,), generator=g)
+        colours = torch.randint(len(world.COLOURS), (32,), generator=g)
+        rgb = palette[colours][:, :, None, None, None] * lum[idx] + world.BACKGROUND * (1 - alpha[idx])
+        rgb = augment(rgb.clamp(0, 1))
+        rgb = (rgb + 0.03 * torch.randn(rgb.shape, generator=g) * (torch.rand(32, 1, 1, 1, 1, generator=g) < 0.5)).clamp(0, 1)
+        s, c, m = model(rgb)
+        loss = F.cross_entropy(s, shapes[idx]) + F.cross_entropy(c, colours) + F.cross_entropy(m, motions[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0:
+            log.info("clip classifier step %d loss %.4f", step, loss.item())
+    model.eval()
+    model.save_pretrained(out)
+    return model
+
+
+@torch.no_grad()
+def clip_classifier_accuracy(model: ClipClassifier, n: int = 300, seed: int = 1234) -> dict[str, float]:
+    """Accuracy on fresh clips (a seed the training never used), every colour."""
+    g = torch.Generator().manual_seed(seed)
+    r, shapes, motions = clip_batch(n, g)
+    colours = torch.randint(len(world.COLOURS), (n,), generator=g)
+    palette = world.colour_tensor(list(world.COLOURS))
+    frames = r.rgb.shape[0] // n
+    lum, alpha = _as_clips(r.luminance, frames), _as_clips(r.alpha, frames)
+    rgb = palette[colours][:, :, None, None, None] * lum + world.BACKGROUND * (1 - alpha)
+    s, c, m = model(rgb)
+    return {"shape": (s.argmax(-1) == shapes).float().mean().item(),
+            "colour": (c.argmax(-1) == colours).float().mean().item(),
+            "motion": (m.argmax(-1) == motions).float().mean().item(), "n": n}

@@ -184,11 +184,8 @@ class VideoTrainConfig:
     save_every: int = 500
 
 
-SYNONYMS = {"ball": "sphere"}  # extra words of the video prompts, and the shape each names
-
-
 def video_vocabulary() -> list[str]:
-    return [*vocabulary(), *SYNONYMS, *world.MOTIONS]
+    return [*vocabulary(), *world.SYNONYMS, *world.MOTIONS]
 
 
 def video_combinations() -> list[tuple[str, str | None]]:
@@ -201,7 +198,7 @@ def video_combinations() -> list[tuple[str, str | None]]:
 def video_prompt(colour: str, shape: str, motion: str | None, rng: random.Random | None = None) -> str:
     """'a red cube spinning', 'a blue ball bouncing' (a sphere may be called a ball), 'a red cube'."""
     rng = rng or random
-    word = rng.choice([shape, *[w for w, s in SYNONYMS.items() if s == shape]])
+    word = rng.choice([shape, *[w for w, s in world.SYNONYMS.items() if s == shape]])
     return " ".join([rng.choice(M.ARTICLES), colour, word, *([motion] if motion else [])])
 
 
@@ -244,7 +241,7 @@ def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrai
     M.build_scheduler().save_pretrained(out / "scheduler")
     M.PixelShuffleCodec(factor=M.VIDEO_FACTOR).save_pretrained(out / "vae")
     meta = {"vocabulary": video_vocabulary(), "shapes": list(world.SHAPES), "colours": list(world.COLOURS),
-            "motions": list(world.MOTIONS), "synonyms": SYNONYMS, "frames": cfg.frames,
+            "motions": list(world.MOTIONS), "synonyms": world.SYNONYMS, "frames": cfg.frames,
             "held_out": [list(p) for p in world.HELD_OUT], "resolution": cfg.resolution,
             "camera": {"elevation": list(cfg.elevation), "distance": list(cfg.distance), "fov_y": cfg.fov_y},
             "training": asdict(cfg)}

@@ -157,6 +157,7 @@ def colourize(luminance: Tensor, alpha: Tensor, colour: Tensor) -> Tensor:
 # [3], a rotation about the vertical axis (degrees) and a uniform scale, applied to the object.
 MOTIONS = ("bouncing", "spinning", "sliding", "pulsing")
 SPIN_DEGREES = {"cube": 90.0, "mug": 360.0}  # per period; the others look the same when spinning
+SYNONYMS = {"ball": "sphere"}  # words of the video prompts that name a shape
 BOUNCE, SLIDE, PULSE = 0.5, 0.3, 0.2  # bounce height, slide amplitude (along y), pulse amplitude
 
 

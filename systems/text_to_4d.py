@@ -1,0 +1,128 @@
+"""The text-to-4D system: 4D-fy's hybrid score distillation on a dynamic representation.
+
+Stage 1 (steps < ``system.video.start``): the canonical object alone, exactly as a text-to-3D
+run, with the image prior and the prompt in its words. Stage 2: each step draws, with
+probability ``image_probability``, an image step (the usual views, all at one random time), else
+a video step: one random camera, T = ``frames`` consecutive times 1/T apart from a random start
+in [0, 1/T), the clip [1, 3, T, H, W] scored by the video guidance with one diffusion timestep
+(Dream-in-4D / 4D-fy). The representation's regularisers (temporal smoothness, deformation size)
+join every step.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from systems.text_to_3d import TextTo3D
+from threedgen.cameras import CameraRanges, make_cameras, orbit, sample_cameras
+from threedgen.config import ConfigError, PromptConfig, RunConfig
+from threedgen.evaluate import evaluate_4d
+from threedgen.export import export
+from threedgen.export.views import to_uint8, write_video
+from threedgen.guidance import GUIDANCE
+from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
+from threedgen.priors.embedded import world
+from threedgen.priors.embedded.classifier import WorldClassifier
+from threedgen.prompts import PromptProcessor
+from threedgen.runs import atomic_write
+
+
+def image_prompt_for(prompt: str, vocabulary: list[str] | None) -> str:
+    """The prompt in an image prior's words: with a closed vocabulary, synonyms mapped
+    (``world.SYNONYMS``: "ball" -> "sphere") and the words it lacks (the motion) dropped."""
+    if vocabulary is None:
+        return prompt
+    words = [world.SYNONYMS.get(w, w) for w in prompt.lower().split()]
+    return " ".join(w for w in words if w in vocabulary)
+
+
+class TextTo4D(TextTo3D):
+    def __init__(self, cfg: RunConfig, run_dir: Path, prior=None, video_prior=None, initialise: bool = True):
+        super().__init__(cfg, run_dir, prior=prior, initialise=initialise)
+        v = cfg.system.video
+        if not hasattr(self.representation, "at_time"):
+            raise ConfigError(f"system.video: a 4D run needs a dynamic representation "
+                              f"(dynamic_gaussians), not {cfg.system.representation.name}")
+        self.video_prior = video_prior if video_prior is not None else load_prior(v.prior)
+        if not self.video_prior.video:
+            raise ConfigError("system.video.prior: not a text-to-video model (its UNet has no time axis)")
+        self.video_guidance = GUIDANCE[v.guidance.name](v.guidance, self.video_prior)
+        if self.video_guidance.optimizers():
+            raise ConfigError(f"system.video.guidance: {v.guidance.name} trains its own model; "
+                              "video guidance takes a method without one (sds, ism, tsm, asd, csds)")
+        self.video_prompts = PromptProcessor(self.video_prior, cfg.prompt, cfg.negative_prompt,
+                                             PromptConfig(view_dependent=False))
+        c = cfg.system.camera
+        self.clip_ranges = CameraRanges(v.camera_elevation, c.distance, c.fov_y)
+
+    def image_prompt(self) -> str:
+        v = self.cfg.system.video
+        return v.image_prompt or image_prompt_for(self.cfg.prompt, self.prior.vocabulary)
+
+    # --- optimisation -----------------------------------------------------------------------------
+    def distill(self, step: int, g: torch.Generator, time: float | None = None):
+        v = self.cfg.system.video
+        if step < v.start:
+            return super().distill(step, g)  # stage 1: the canonical object
+        if float(torch.rand((), generator=g)) < v.image_probability:
+            return super().distill(step, g, time=float(torch.rand((), generator=g)))
+        cam = sample_cameras(1, self.clip_ranges, v.resolution, g)
+        times = (float(torch.rand((), generator=g)) + torch.arange(v.frames)) / v.frames
+        clip_cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=times)
+        out = self.representation.render(clip_cams, self.background, generator=g)
+        clip = out.rgb.transpose(0, 1)[None]  # [1, 3, T, H, W]
+        cond = self.video_prompts.conditioning(None, step, batch=1)
+        return out, self.video_guidance(clip, cond, step, generator=g)
+
+    # --- outputs ----------------------------------------------------------------------------------
+    def save_views(self, path: Path) -> None:
+        """Four views at t = 0 over four views at t = 1/2."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        c = self.cfg.system.camera
+        cams = orbit(4, c.eval_elevation, c.eval_distance, c.eval_fov_y, self.cfg.test.resolution)
+        rows = []
+        with torch.no_grad():
+            for t in (0.0, 0.5):
+                rgb = self.representation.render(replace(cams, time=torch.full((4,), t)), self.background).rgb
+                rows.append(np.concatenate(list(to_uint8(rgb.permute(0, 2, 3, 1))), axis=1))
+        buf = path.with_suffix(".tmp.png")
+        Image.fromarray(np.concatenate(rows, axis=0)).save(buf)
+        buf.replace(path)
+
+    @torch.no_grad()
+    def finish(self) -> dict:
+        """Test frames, an orbit-while-time-advances turntable and a fixed-view video, the motion
+        metrics in metrics.json, and the test.export formats (per-frame sequences for 4D)."""
+        self.representation.eval()
+        t, c = self.cfg.test, self.cfg.system.camera
+        test_dir = self.run_dir / "test"
+        test_dir.mkdir(exist_ok=True)
+        n = t.n_frames
+        times = torch.arange(n, dtype=torch.float32) / n
+        turn = replace(orbit(n, c.eval_elevation, c.eval_distance, c.eval_fov_y, t.resolution), time=times)
+        frames = to_uint8(self.representation.render(turn, self.background).rgb.permute(0, 2, 3, 1))
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(test_dir / f"{i:03d}.png")
+        write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
+        fixed = make_cameras(c.eval_elevation, 45.0, c.eval_distance, c.eval_fov_y, t.resolution, time=times)
+        write_video(test_dir / "fixed.mp4", to_uint8(self.representation.render(fixed, self.background).rgb
+                                                     .permute(0, 2, 3, 1)), fps=t.fps)
+        metrics = self.metrics()
+        atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        if t.export:
+            export(self.run_dir, list(t.export), representation=self.representation)
+        return metrics
+
+    @torch.no_grad()
+    def metrics(self) -> dict:
+        c = self.cfg.system.camera
+        classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
+        m = evaluate_4d(self.representation, self.cfg.prompt, classifier, self.background,
+                        elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
+        return {**m, **self.timings()}
