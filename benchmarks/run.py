@@ -5,7 +5,8 @@ renderer at the default recipe's sizes, at the prior's resolution, 64^2 and 128^
 that floor; the Gaussian rasterizer (tiled, pure torch) against the dense all-pixels reference;
 one full SDS step per representation, and one full step of every guidance method on Gaussians
 (with its recipe's settings), split into render, guidance (prior calls and the method's own
-work) and backward+optimiser, with the prior evaluations each step makes. All forward+backward,
+work) and backward+optimiser, with the prior evaluations each step makes; one 4D video step
+(T frames rendered, the video prior's evaluation, backward). All forward+backward,
 medians of a few repeats, seconds.
 Absolute times only mean something on the machine they were measured on; compare ratios.
 """
@@ -22,7 +23,8 @@ from benchmarks.gaussians import bench_rasterizer
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import load as load_config
 from threedgen.guidance import GUIDANCE
-from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
+from threedgen.config import PromptConfig
+from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, DiffusionPrior
 from threedgen.prompts import PromptProcessor
 from threedgen.representations import REPRESENTATIONS
 
@@ -99,6 +101,44 @@ def bench_step(name: str, prior, repeats: int, method: str = "sds") -> dict[str,
     return {**{k: statistics.median(v) for k, v in parts.items()}, "evals": evals / repeats}
 
 
+def bench_4d_step(video_prior, repeats: int) -> dict[str, float]:
+    """One stage-2 video step of the 4D recipe (configs/4d-gaussians-sds.yaml): render T frames
+    of dynamic Gaussians from one camera, video SDS (one CFG evaluation of the clip), backward
+    and optimiser steps; split into parts, with the prior evaluations of a step."""
+    from dataclasses import replace
+
+    cfg = load_config([RECIPES / "4d-gaussians-sds.yaml"], ["prompt=a red ball bouncing"]).system
+    rep = REPRESENTATIONS[cfg.representation.name].from_config(cfg.representation)
+    rep.train()
+    v = cfg.video
+    guidance = GUIDANCE[v.guidance.name](v.guidance, video_prior)
+    cond = PromptProcessor(video_prior, "a red ball bouncing", cfg=PromptConfig(view_dependent=False)).conditioning(None, batch=1)
+    opts = rep.optimizers()
+    bg = torch.ones(3)
+    parts = {"render": [], "prior": [], "backward+optimiser": []}
+    evals = 0
+    for k in range(repeats + 1):
+        g = torch.Generator().manual_seed(k)
+        cam = sample_cameras(1, CameraRanges(), v.resolution, g)
+        cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=torch.arange(v.frames) / v.frames)
+        t0 = time.perf_counter()
+        clip = rep.render(cams, bg).rgb.transpose(0, 1)[None]  # [1, 3, T, H, W]
+        t1 = time.perf_counter()
+        guided = guidance(clip, cond, 500, generator=g)
+        t2 = time.perf_counter()
+        for o in opts.values():
+            o.zero_grad()
+        guided.loss.backward()
+        for o in opts.values():
+            o.step()
+        t3 = time.perf_counter()
+        if k:
+            for key, val in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
+                parts[key].append(val)
+            evals += guided.prior_evals
+    return {**{k: statistics.median(val) for k, val in parts.items()}, "evals": evals / repeats}
+
+
 def bench_prior(prior, repeats: int, batch: int = 4) -> float:
     """One CFG evaluation (2 x batch images through the UNet) at the prior's resolution."""
     x = torch.randn(2 * batch, 12, prior.resolution // 2, prior.resolution // 2)
@@ -122,7 +162,8 @@ def main(args) -> int:
     row("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms",
         f"@{prior.resolution}^2 (its working resolution), 8 UNet images: the floor of a step")
     sizes = (prior.resolution, 64) if quick else (prior.resolution, 64, 128)
-    for name in REPRESENTATIONS:
+    static = [n for n, cls in REPRESENTATIONS.items() if not hasattr(cls, "at_time")]
+    for name in static:
         for s in sizes:
             t = bench_render(name, s, repeats)
             row(f"{name} render fwd+bwd @{s}^2 x4 views", f"{t * 1e3:.0f} ms",
@@ -137,12 +178,18 @@ def main(args) -> int:
                if dense else f"dense reference skipped ({4 * n * s * s / 1e6:.0f}M Gaussian-pixel pairs)")
         row(f"gaussians rasterizer fwd+bwd {n // 1000}k @{s}^2 x4 views", f"{r['tiled'] * 1e3:.0f} ms",
             f"{ref}; {r['tiled'] / p:.2f}x the prior")
-    steps = [(name, "sds") for name in REPRESENTATIONS] + [("gaussians", m) for m in GUIDANCE if m != "sds"]
-    for name, method in steps:
-        parts = bench_step(name, prior, repeats, method)
+    def step_row(case: str, parts: dict) -> None:
         evals = parts.pop("evals")
         total = sum(parts.values())
         detail = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in parts.items())
-        row(f"{name}+{method} full step @32^2 x4 views", f"{total * 1e3:.0f} ms",
-            f"{detail}; guidance share {parts['prior'] / total:.0%}; {evals:.0f} prior evals")
+        row(case, f"{total * 1e3:.0f} ms", f"{detail}; guidance share {parts['prior'] / total:.0%}; {evals:.0f} prior evals")
+
+    steps = [(name, "sds") for name in static] + [("gaussians", m) for m in GUIDANCE if m != "sds"]
+    for name, method in steps:
+        step_row(f"{name}+{method} full step @32^2 x4 views", bench_step(name, prior, repeats, method))
+    if (EMBEDDED_VIDEO_PATH / "unet").is_dir():
+        video = DiffusionPrior.from_pretrained(EMBEDDED_VIDEO_PATH)
+        step_row("4D video step: dynamic gaussians, 8 frames @32^2", bench_4d_step(video, repeats))
+    else:
+        row("4D video step", "-", f"skipped: no video prior at {EMBEDDED_VIDEO_PATH}")
     return 0

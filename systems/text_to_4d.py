@@ -42,20 +42,20 @@ def image_prompt_for(prompt: str, vocabulary: list[str] | None) -> str:
     return " ".join(w for w in words if w in vocabulary)
 
 
+def load_video_prior(cfg):
+    """The prior a ``PriorConfig`` names, checked to be a text-to-video model."""
+    prior = load_prior(cfg)
+    if not prior.video:
+        raise ConfigError("system.video.prior: not a text-to-video model (its UNet has no time axis)")
+    return prior
+
+
 class TextTo4D(TextTo3D):
     def __init__(self, cfg: RunConfig, run_dir: Path, prior=None, video_prior=None, initialise: bool = True):
         super().__init__(cfg, run_dir, prior=prior, initialise=initialise)
         v = cfg.system.video
-        if not hasattr(self.representation, "at_time"):
-            raise ConfigError(f"system.video: a 4D run needs a dynamic representation "
-                              f"(dynamic_gaussians), not {cfg.system.representation.name}")
-        self.video_prior = video_prior if video_prior is not None else load_prior(v.prior)
-        if not self.video_prior.video:
-            raise ConfigError("system.video.prior: not a text-to-video model (its UNet has no time axis)")
-        self.video_guidance = GUIDANCE[v.guidance.name](v.guidance, self.video_prior)
-        if self.video_guidance.optimizers():
-            raise ConfigError(f"system.video.guidance: {v.guidance.name} trains its own model; "
-                              "video guidance takes a method without one (sds, ism, tsm, asd, csds)")
+        self.video_prior = video_prior if video_prior is not None else load_video_prior(v.prior)
+        self.video_guidance = GUIDANCE[v.guidance.name](v.guidance, self.video_prior)  # checked: trains no model
         self.video_prompts = PromptProcessor(self.video_prior, cfg.prompt, cfg.negative_prompt,
                                              PromptConfig(view_dependent=False))
         c = cfg.system.camera
@@ -124,5 +124,6 @@ class TextTo4D(TextTo3D):
         c = self.cfg.system.camera
         classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
         m = evaluate_4d(self.representation, self.cfg.prompt, classifier, self.background,
-                        elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
+                        n_times=self.cfg.test.eval_times, elevation=c.eval_elevation,
+                        distance=c.eval_distance, fov_y=c.eval_fov_y)
         return {**m, **self.timings()}

@@ -49,9 +49,9 @@ def cmd_fit(args) -> int:
     prior = load_prior(cfg.system.prior)
     video_prior = None
     if cfg.system.video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
-        from systems.text_to_4d import image_prompt_for
+        from systems.text_to_4d import image_prompt_for, load_video_prior
 
-        video_prior = load_prior(cfg.system.video.prior)
+        video_prior = load_video_prior(cfg.system.video.prior)
         video_prior.check_prompt(cfg.prompt)
         video_prior.check_prompt(cfg.negative_prompt)
         prior.check_prompt(cfg.system.video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
@@ -81,7 +81,7 @@ def _check_init_from(cfg) -> None:
 
 def cmd_eval(args) -> int:
     from threedgen import runs
-    from threedgen.evaluate import evaluate
+    from threedgen.evaluate import evaluate, evaluate_4d
     from threedgen.priors.embedded.classifier import WorldClassifier
     from threedgen.priors.diffusion import EMBEDDED_PATH
     import torch
@@ -91,10 +91,12 @@ def cmd_eval(args) -> int:
     background = torch.tensor(cfg.system.background)
     classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
     c = cfg.system.camera
+    view = dict(n_views=args.views, elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
     with torch.no_grad():
-        metrics = evaluate(lambda cams: rep.render(cams, background), cfg.prompt, classifier,
-                           n_views=args.views, elevation=c.eval_elevation, distance=c.eval_distance,
-                           fov_y=c.eval_fov_y)
+        if hasattr(rep, "at_time"):  # 4D: motion metrics and the shape at every time
+            metrics = evaluate_4d(rep, cfg.prompt, classifier, background, **view)
+        else:
+            metrics = evaluate(lambda cams: rep.render(cams, background), cfg.prompt, classifier, **view)
     print(json.dumps(metrics, indent=2))
     return 0
 
@@ -141,12 +143,18 @@ def cmd_train_prior(args) -> int:
 
 
 def cmd_check_prior(args) -> int:
-    from threedgen.priors.embedded.check import check_prior
-    from threedgen.priors.diffusion import EMBEDDED_PATH
+    from threedgen.priors.embedded.check import check_prior, check_video_prior
+    from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
 
-    result = check_prior(Path(args.path) if args.path else EMBEDDED_PATH, Path(args.grid),
-                         views=args.views, guidance_scale=args.guidance_scale, steps=args.steps,
-                         t_start=None if args.t_start < 0 else args.t_start)
+    t_start = None if args.t_start < 0 else args.t_start
+    if args.video:
+        result = check_video_prior(Path(args.path) if args.path else EMBEDDED_VIDEO_PATH, Path(args.grid),
+                                   samples=args.views, guidance_scale=args.guidance_scale, steps=args.steps,
+                                   t_start=t_start)
+    else:
+        result = check_prior(Path(args.path) if args.path else EMBEDDED_PATH, Path(args.grid),
+                             views=args.views, guidance_scale=args.guidance_scale, steps=args.steps,
+                             t_start=t_start)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -210,9 +218,10 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train_prior)
 
     c = sub.add_parser("check-prior", help="sample the prior and score the samples, as JSON")
+    c.add_argument("--video", action="store_true", help="the video prior: clips of every shape and motion")
     c.add_argument("--path", help="prior folder (default: the shipped one)")
     c.add_argument("--grid", default="check-prior.png", help="where to save the sample grid")
-    c.add_argument("--views", type=int, default=4)
+    c.add_argument("--views", type=int, default=4, help="samples per prompt (with --video: per shape and motion)")
     c.add_argument("--guidance-scale", type=float, default=7.5)
     c.add_argument("--steps", type=int, default=50)
     c.add_argument("--t-start", type=int, default=850,

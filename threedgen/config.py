@@ -150,6 +150,7 @@ class TestConfig:
     resolution: int = 64
     fps: int = 12
     export: tuple[str, ...] = ("glb",)  # formats written to <run>/export at the end (threedgen export)
+    eval_times: int = 8  # 4D runs: the times at which metrics.json judges the shape
 
     def __post_init__(self):
         from threedgen.export import FORMATS
@@ -204,6 +205,20 @@ class SystemConfig:
     # Clamp the gradient reaching each rendered pixel to [-c, c] (Dreamer XL); 0 = off.
     pixel_grad_clip: Scheduled = 0.0
     video: VideoConfig | None = None  # set: a text-to-4D run (needs a dynamic representation)
+
+    def __post_init__(self):
+        from threedgen.representations import REPRESENTATIONS
+
+        from threedgen.guidance import GUIDANCE
+
+        if self.video is None:
+            return
+        if not hasattr(REPRESENTATIONS[self.representation.name], "at_time"):
+            raise ValueError(f"video: a 4D run needs a dynamic representation (dynamic_gaussians), "
+                             f"not {self.representation.name}")
+        if GUIDANCE[self.video.guidance.name].trains_model:
+            raise ValueError(f"video.guidance: {self.video.guidance.name} trains its own model; video "
+                             "guidance takes a method without one (sds, ism, tsm, asd, csds)")
 
 
 @dataclass(frozen=True)

@@ -147,18 +147,22 @@ def motion_curve(track: dict, motion: str) -> np.ndarray:
     return xy @ np.linalg.svd(xy, full_matrices=False)[2][0]
 
 
-def motion_correlation(track: dict, motion: str, shape: str, times: Tensor, shifts: int = 64) -> tuple[float, float]:
-    """(best Pearson correlation, its phase): the recovered motion curve against the true one
-    (``world.motion_pose``) at times + phase, over ``shifts`` phases in [0, 1) (clips of the video
-    prior start at any phase; a slide's sign is a phase of 1/2)."""
+def motion_correlation(track: dict, motion: str, shape: str, times: Tensor,
+                       shifts: int = 64) -> tuple[float, float, float]:
+    """(best Pearson correlation, its phase, amplitude ratio): the recovered motion curve against
+    the true one (``world.motion_pose``) at times + phase, over ``shifts`` phases in [0, 1) (clips
+    of the video prior start at any phase; a slide's sign is a phase of 1/2). The amplitude ratio
+    std(recovered) / std(true) tells a real motion from a faint wobble of the right shape."""
     curve = motion_curve(track, motion)
     channel = {"bouncing": 2, "sliding": 1, "spinning": 3, "pulsing": 4}[motion]
-    best = (-1.0, 0.0)
+    best = (-1.0, 0.0, 0.0)
     for phase in np.arange(shifts) / shifts:
         truth = world.motion_pose(motion, shape, (times + float(phase)) % 1.0)[:, channel].numpy()
         if curve.std() < 1e-8 or truth.std() < 1e-8:
             continue
-        best = max(best, (float(np.corrcoef(curve, truth)[0, 1]), float(phase)))
+        r = float(np.corrcoef(curve, truth)[0, 1])
+        if r > best[0]:
+            best = (r, float(phase), float(curve.std() / truth.std()))
     return best
 
 
@@ -185,7 +189,8 @@ def evaluate_4d(rep, prompt: str, classifier, background: Tensor, n_times: int =
     track = motion_track(rep, times)
     result: dict = {"prompt": prompt, "motion": motion, "times": n_times, "motion_amount": motion_amount(track)}
     if motion is not None and shape is not None:
-        result["motion_correlation"], result["motion_phase"] = motion_correlation(track, motion, shape, times)
+        r, phase, amplitude = motion_correlation(track, motion, shape, times)
+        result.update(motion_correlation=r, motion_phase=phase, motion_amplitude=amplitude)
     per_time = []
     for k, t in enumerate(times.tolist()):
         pose = torch.tensor([*track["offset"][k], track["angle"][k], track["scale"][k]], dtype=torch.float32)

@@ -71,8 +71,10 @@ class GuidanceOutput:
 class Guidance(nn.Module):
     """A guidance method: ``forward(rgb, cond, step, generator) -> GuidanceOutput``.
 
-    Methods with trainable parts of their own (VSD's LoRA) return their optimizers from
-    ``optimizers()``; the system steps them with the representation's."""
+    Methods with trainable parts of their own (VSD's LoRA) set ``trains_model`` and return their
+    optimizers from ``optimizers()``; the system steps them with the representation's."""
+
+    trains_model = False
 
     def __init__(self, cfg, prior: Prior):
         super().__init__()

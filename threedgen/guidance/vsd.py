@@ -57,6 +57,8 @@ class CameraClassEmbedding(nn.Module):
 
 
 class VSD(Guidance):
+    trains_model = True
+
     @dataclass(frozen=True)
     class Config:
         name: Literal["vsd"] = "vsd"

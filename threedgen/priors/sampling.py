@@ -13,7 +13,8 @@ from threedgen.guidance.base import Conditioning, guided_noise
 def ddim_sample(prior, cond: Conditioning, guidance_scale: float = 3.0, steps: int = 50,
                 generator: torch.Generator | None = None, t_start: int | None = None,
                 mean_latent: Tensor | None = None) -> Tensor:
-    """Sample B images for B conditions -> rgb [B, 3, R, R] in [0, 1].
+    """Sample B images for B conditions -> rgb [B, 3, R, R] in [0, 1] (a video prior: clips
+    [B, 3, T, R, R] of the T frames its world.json names).
 
     t_start: begin the trajectory at the first DDIM timestep <= t_start, from
     x = sqrt(abar) * mean_latent + sqrt(1 - abar) * noise, a Gaussian with the first moment of the
@@ -29,7 +30,9 @@ def ddim_sample(prior, cond: Conditioning, guidance_scale: float = 3.0, steps: i
     scheduler.set_timesteps(steps)
     timesteps = [t for t in scheduler.timesteps if t_start is None or t <= t_start]
     B = cond.text.shape[0]
-    shape = prior.encode_images(torch.zeros(1, 3, prior.resolution, prior.resolution)).shape[1:]
+    R = prior.resolution
+    blank = torch.zeros(1, 3, prior.world["frames"], R, R) if prior.video else torch.zeros(1, 3, R, R)
+    shape = prior.encode_images(blank).shape[1:]
     x = torch.randn((B, *shape), generator=generator).to(cond.text.device)
     if t_start is not None:
         abar = prior.scheduler.alphas_cumprod[int(timesteps[0])].to(x)

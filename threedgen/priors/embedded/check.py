@@ -10,6 +10,7 @@ Samples every shape x colour prompt from several views with DDIM and reports, as
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -147,4 +148,60 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
     result["camera"]["all"] = round(total[0] / total[1], 4)
     # A sphere's silhouette is the same from every elevation: its elevation tests are ties.
     result["camera"]["elevation_by_shape"] = {s: round(v[0] / v[1], 4) for s, v in by_shape.items()}
+    return result
+
+
+# --- the video prior (``threedgen check-prior --video``) -------------------------------------------
+def clip_mean_latent(prior: DiffusionPrior, n: int = 96, seed: int = 0) -> Tensor:
+    """[1, C, T, h, w]: the mean encoded training clip, for ``ddim_sample``'s truncated start."""
+    from threedgen.priors.embedded.classifier import clip_batch
+
+    g = torch.Generator().manual_seed(seed)
+    frames = prior.world["frames"]
+    r, _, _ = clip_batch(n, g, frames)
+    colours = world.colour_tensor([list(world.COLOURS)[i] for i in torch.randint(len(world.COLOURS), (n,), generator=g)])
+    rgb = world.colourize(r.luminance, r.alpha, colours.repeat_interleave(frames, 0))
+    return prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2)).mean(0, keepdim=True)
+
+
+@torch.no_grad()
+def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior.png"), samples: int = 4,
+                      guidance_scale: float = 7.5, steps: int = 50, seed: int = 0,
+                      t_start: int | None = 850) -> dict:
+    """Samples ``samples`` clips of every (shape, motion) the video prior learnt, each in a seen
+    colour drawn at random, and reports the clip classifier's shape, colour and motion accuracy
+    (and all three at once), plus the classifier's own accuracy on fresh world clips."""
+    from threedgen.priors.embedded.classifier import STILL, ClipClassifier, clip_classifier_accuracy
+    from threedgen.priors.embedded.train import video_combinations, video_prompt
+
+    prior = DiffusionPrior.from_pretrained(path)
+    classifier = ClipClassifier.from_pretrained(Path(path) / "classifier")
+    g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    keys, prompts = [], []
+    for shape, motion in video_combinations():
+        seen = [c for c in world.COLOURS if (shape, c) not in world.HELD_OUT]
+        for _ in range(samples):
+            colour = seen[rng.integers(len(seen))]
+            keys.append((shape, colour, motion or STILL))
+            prompts.append(video_prompt(colour, shape, motion, random.Random(len(prompts))))
+    mean = clip_mean_latent(prior) if t_start is not None else None
+    clips = []
+    for i in range(0, len(prompts), 32):
+        text = prior.encode_prompts(prompts[i:i + 32])
+        cond = Conditioning(text, prior.encode_prompts([""]).expand_as(text), None, None)
+        clips.append(ddim_sample(prior, cond, guidance_scale, steps, g, t_start=t_start, mean_latent=mean))
+    clips = torch.cat(clips)  # [N, 3, T, R, R]
+    shapes, colours, motions = classifier.predict(clips)
+    ok = np.array([[s == k[0], c == k[1], m == k[2]] for s, c, m, k in zip(shapes, colours, motions, keys)])
+    result = {"classifier_on_world": clip_classifier_accuracy(classifier), "samples": len(keys),
+              "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start},
+              "shape": float(ok[:, 0].mean()), "colour": float(ok[:, 1].mean()), "motion": float(ok[:, 2].mean()),
+              "all": float(ok.all(1).mean()),
+              "motion_by_label": {m: float(ok[[k[2] == m for k in keys], 2].mean())
+                                  for m in (STILL, *world.MOTIONS)}}
+    if out_png is not None:  # one clip per row, its frames side by side
+        per_row = clips[::samples].transpose(1, 2)  # [rows, T, 3, R, R]
+        save_grid(per_row.flatten(0, 1), per_row.shape[1], out_png)
+        result["grid"] = str(out_png)
     return result

@@ -1,0 +1,242 @@
+"""Text-to-4D: the moving world, dynamic Gaussians, the motion metrics, the 4D system and its
+outputs. Motion recovery with the shipped video prior is in tests/test_4d_sweep.py."""
+
+import json
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.helpers import REPO, TINY, run_dirs
+from threedgen.cameras import make_cameras
+from threedgen.cli import main
+from threedgen.evaluate import motion_amount, motion_correlation, motion_track
+from threedgen.priors.embedded import world
+from threedgen.representations.dynamic_gaussians import DynamicGaussians
+from systems.text_to_4d import image_prompt_for
+
+CONFIG = str(REPO / "configs" / "4d-gaussians-sds.yaml")
+
+
+# --- the moving world ---------------------------------------------------------------------------
+def test_motion_poses_follow_their_definitions():
+    t = torch.tensor([0.0, 0.25, 0.5, 0.75])
+    bounce = world.motion_pose("bouncing", "sphere", t)
+    assert torch.allclose(bounce[:, 2], torch.tensor([-0.25, 0.25 * 2 ** 0.5 - 0.25, 0.25, 0.25 * 2 ** 0.5 - 0.25]), atol=1e-6)
+    assert torch.allclose(world.motion_pose("spinning", "cube", t)[:, 3], 90 * t)
+    assert torch.allclose(world.motion_pose("sliding", "cone", t)[:, 1], torch.tensor([0.0, 0.3, 0.0, -0.3]), atol=1e-6)
+    assert torch.allclose(world.motion_pose("pulsing", "torus", t)[:, 4], torch.tensor([1.0, 1.2, 1.0, 0.8]), atol=1e-6)
+    still = world.motion_pose(None, "mug", t)
+    assert torch.equal(still, torch.tensor([[0, 0, 0, 0, 1.0]] * 4))
+    with pytest.raises(ValueError, match="looks still"):
+        world.motion_pose("spinning", "sphere", t)
+    with pytest.raises(ValueError, match="unknown motion"):
+        world.motion_pose("dancing", "cube", t)
+
+
+def test_posed_renders_move_the_object():
+    cams = make_cameras([0.0] * 3, [0.0] * 3, 2.8, 30.0, 32)
+    t = torch.tensor([0.0, 0.5, 0.5])
+    poses = torch.stack([world.motion_pose("bouncing", "cube", t[:1])[0], world.motion_pose("bouncing", "cube", t[1:2])[0],
+                         world.motion_pose("pulsing", "cube", torch.tensor([0.25]))[0]])
+    r = world.render(["cube"] * 3, ["red"] * 3, cams, poses=poses)
+    rows = torch.arange(32.0)[:, None]
+    centre_row = [(r.alpha[k, 0] * rows).sum() / r.alpha[k, 0].sum() for k in range(3)]
+    assert centre_row[1] < centre_row[0] - 4  # up at the top of the bounce (image rows grow downwards)
+    assert r.alpha[2].sum() > r.alpha[0].sum() * 1.2  # pulsed to 1.2x
+    rest = world.render(["cube"], ["red"], cams[:1])
+    at_rest = world.render(["cube"], ["red"], cams[:1], poses=world.motion_pose(None, "cube", t[:1]))
+    assert torch.allclose(rest.rgb, at_rest.rgb, atol=1e-3)
+
+
+def test_image_prompt_drops_motion_and_maps_synonyms():
+    vocab = ["a", "an", "the", *world.COLOURS, *world.SHAPES]
+    assert image_prompt_for("a red ball bouncing", vocab) == "a red sphere"
+    assert image_prompt_for("a blue cube spinning", vocab) == "a blue cube"
+    assert image_prompt_for("a corgi running", None) == "a corgi running"  # open vocabulary: as is
+
+
+# --- dynamic Gaussians --------------------------------------------------------------------------
+def dynamic(n=400, **kw):
+    return DynamicGaussians.from_config(DynamicGaussians.Config(n=n, init_opacity=0.9, **kw), seed=0)
+
+
+def test_deformation_starts_as_the_identity_and_moves_when_trained():
+    g = dynamic()
+    cams = make_cameras([20.0] * 2, [0.0, 90.0], 2.8, 30.0, 32)
+    canonical = g.render(cams, torch.ones(3)).rgb
+    timed = g.render(replace(cams, time=torch.tensor([0.3, 0.8])), torch.ones(3)).rgb
+    assert torch.allclose(canonical, timed, atol=1e-6)
+    # one optimisation step on "move up at t = 1" reaches the deformation MLP
+    opt = g.optimizers()["deform"]
+    for _ in range(30):
+        loss = (g.offsets(1.0)[:, 2] - 0.2).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(g.offsets(1.0)[:, 2].mean()) > 0.1
+    snap = g.at_time(1.0)
+    with torch.no_grad():
+        a = g.render(replace(cams, time=torch.tensor([1.0, 1.0])), torch.ones(3)).rgb
+        b = snap.render(cams, torch.ones(3)).rgb
+    assert torch.allclose(a, b, atol=1e-5)  # the snapshot is the render at that time
+
+
+def test_mixed_times_render_each_camera_at_its_own_time():
+    g = dynamic()
+    with torch.no_grad():
+        g.deform[-1].weight[2].normal_(0, 0.1)  # a time-dependent vertical offset
+    cams = make_cameras([20.0] * 3, [0.0, 0.0, 0.0], 2.8, 30.0, 32, time=[0.1, 0.9, 0.1])
+    with torch.no_grad():
+        out = g.render(cams, torch.ones(3))
+        single = [g.render(cams[k:k + 1], torch.ones(3)).rgb for k in range(3)]
+    for k in range(3):
+        torch.testing.assert_close(out.rgb[k], single[k][0])
+    assert not torch.allclose(out.rgb[0], out.rgb[1])
+
+
+def test_dynamic_regularisers_and_weights_round_trip():
+    g = dynamic(lambda_smooth=1.0, lambda_deform=1.0)
+    with torch.no_grad():
+        g.deform[-1].weight.normal_(0, 0.05)
+    regs = g.regularisers(g.render(make_cameras(20.0, 0.0, 2.8, 30.0, 16), torch.ones(3)), step=3)
+    assert regs["smooth"] > 0 and regs["deform"] > 0
+    regs["smooth"].backward()
+    assert g.deform[0].weight.grad.abs().sum() > 0
+    h = dynamic(n=10)
+    h.load_weights(g.state_dict())
+    assert len(h) == len(g) and torch.equal(h.offsets(0.4), g.offsets(0.4))
+
+
+# --- motion metrics -----------------------------------------------------------------------------
+class Scripted(DynamicGaussians):
+    """Gaussians that move exactly as world.motion_pose says, from a phase."""
+
+    def __init__(self, base, motion, shape, phase, amplitude=1.0):
+        p = base.params
+        super().__init__(p["means"].data, p["scales"].data, p["quats"].data, p["opacities"].data, p["colors"].data)
+        self.motion, self.shape, self.phase, self.amplitude = motion, shape, phase, amplitude
+
+    def offsets(self, t):
+        pose = world.motion_pose(self.motion, self.shape, torch.tensor([(float(t) + self.phase) % 1.0]))[0]
+        x = self.means.detach()
+        a = torch.deg2rad(pose[3])
+        rot = torch.stack([x[:, 0] * torch.cos(a) - x[:, 1] * torch.sin(a), x[:, 0] * torch.sin(a) + x[:, 1] * torch.cos(a), x[:, 2]], -1)
+        moved = rot * pose[4] + pose[:3]
+        d = torch.zeros(len(x), 11)
+        d[:, :3] = (moved - x) * self.amplitude
+        return d
+
+
+@pytest.mark.parametrize("motion, shape", [("bouncing", "sphere"), ("sliding", "cone"), ("spinning", "cube"), ("pulsing", "torus")])
+def test_motion_correlation_recovers_a_scripted_motion(motion, shape):
+    base = dynamic(n=300)
+    times = torch.arange(16) / 16
+    r, phase, amplitude = motion_correlation(motion_track(Scripted(base, motion, shape, 0.3), times), motion, shape, times)
+    assert r > 0.97 and amplitude == pytest.approx(1.0, abs=0.1), (r, amplitude)
+    assert phase == pytest.approx(0.3, abs=1 / 16) or motion == "sliding"  # within a sample; a slide's direction is free
+    faint = motion_correlation(motion_track(Scripted(base, motion, shape, 0.3, amplitude=0.05), times), motion, shape, times)
+    assert faint[2] < 0.1  # a faint wobble of the right shape shows in the amplitude
+    other = {"bouncing": "pulsing", "sliding": "bouncing", "spinning": "sliding", "pulsing": "bouncing"}[motion]
+    wrong = motion_correlation(motion_track(Scripted(base, other, "cube", 0.3), times), motion, shape, times)
+    assert wrong[0] < 0.8 or wrong[2] < 0.3, wrong
+
+
+def test_still_object_has_no_motion():
+    amount = motion_amount(motion_track(dynamic(), torch.arange(8) / 8))
+    assert amount["displacement"] < 1e-6 and amount["rotation"] < 1e-4 and amount["scale_change"] < 1e-6
+
+
+# --- the 4D system, end to end on an untrained video prior ------------------------------------------
+@pytest.fixture(scope="module")
+def untrained_video_prior(tmp_path_factory):
+    """The embedded video prior's folder layout and vocabulary, with untrained weights."""
+    from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded import train as T
+
+    out = tmp_path_factory.mktemp("video-prior")
+    tok = M.build_tokenizer(T.video_vocabulary())
+    T.save_video_pipeline(out, M.build_video_unet(), M.build_text_encoder(len(tok)), tok, T.VideoTrainConfig())
+    return out
+
+
+def fit4d(tmp_path, prior_path, *overrides):
+    before = set(run_dirs(tmp_path))
+    assert main(["fit", "--config", CONFIG, f"output_dir={tmp_path}", *TINY, "system.video.prior.name=diffusers",
+                 f"system.video.prior.path={prior_path}", "trainer.max_steps=4", "system.video.start=2",
+                 "system.representation.n=300", *overrides]) == 0
+    (run,) = set(run_dirs(tmp_path)) - before
+    return run
+
+
+def test_4d_fit_writes_videos_metrics_and_sequences(tmp_path, untrained_video_prior, capsys):
+    run = fit4d(tmp_path, untrained_video_prior, "prompt=a red ball bouncing", "system.video.image_probability=0.5")
+    for name in ("test/turntable.mp4", "test/fixed.mp4", "metrics.json", "ckpts/last.ckpt"):
+        assert (run / name).is_file(), name
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["motion"] == "bouncing" and len(m["per_time"]) == 2 and "motion_correlation" in m
+    assert m["prior_evals_per_step"] > 0
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["motion"] == "bouncing"
+    assert main(["export", str(run), "--format", "splat", "glb", "mp4", "times=3", "grid=32", "texture_size=32",
+                 "frames=4", "resolution=32"]) == 0
+    out = run / "export"
+    from threedgen.export.splat import read_splat_ply
+    from threedgen.runs import load_representation
+
+    _, rep = load_representation(run)
+    for k in range(3):
+        back = read_splat_ply(out / f"splat_{k:03d}.ply")
+        snap = rep.at_time(k / 3)
+        assert all(torch.allclose(back.params[n], snap.params[n]) for n in snap.params), k
+        assert (out / f"mesh_{k:03d}.glb").is_file()
+    assert len(json.loads((out / "mesh.json").read_text())["frames"]) == 3
+    assert (out / "turntable.mp4").is_file() and (out / "fixed.mp4").is_file()
+
+
+def test_4d_resume_continues_the_deformation(tmp_path, untrained_video_prior):
+    run = fit4d(tmp_path, untrained_video_prior, "prompt=a red cube spinning", "trainer.ckpt_every=2")
+    assert main(["fit", "--resume", str(run)]) == 0  # complete: a no-op that keeps the weights
+    from threedgen.runs import load_representation
+
+    _, rep = load_representation(run)
+    assert isinstance(rep, DynamicGaussians)
+
+
+def test_4d_config_errors_are_one_line(tmp_path, capsys, untrained_video_prior):
+    static = str(REPO / "configs" / "gaussians-sds.yaml")
+    cases = [  # (recipe, overrides, message)
+        (static, ["system.video.guidance.name=sds"], "needs a dynamic representation"),
+        (CONFIG, ["system.video.prior.name=embedded"], "not a text-to-video model"),
+        (CONFIG, ["system.video.guidance.name=vsd"], "trains its own model"),
+        (CONFIG, ["system.video.frames=1"], "frames >= 2"),
+        (CONFIG, ["prompt=a red cube dancing"], "dancing"),
+    ]
+    for recipe, overrides, message in cases:
+        video_prior = [] if "prior.name=embedded" in overrides[0] else [
+            "system.video.prior.name=diffusers", f"system.video.prior.path={untrained_video_prior}"]
+        capsys.readouterr()
+        code = main(["fit", "--config", recipe, f"output_dir={tmp_path}", *TINY, "prompt=a red cube spinning",
+                     *video_prior, *overrides])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and message in err, (overrides, err)
+
+
+# --- the video prior's training and classifier, smoke-sized ----------------------------------------
+def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
+    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.priors.embedded.classifier import ClipClassifier, train_clip_classifier
+    from threedgen.priors.embedded.train import VideoTrainConfig, train_video
+
+    train_video(tmp_path / "v", VideoTrainConfig(steps=2, batch_size=2, clips_per_combination=1, save_every=2))
+    prior = DiffusionPrior.from_pretrained(tmp_path / "v")
+    assert prior.video and prior.world["frames"] == 8 and "bouncing" in prior.vocabulary
+    x = prior.encode_images(torch.rand(1, 3, 8, 32, 32))
+    assert x.shape == (1, 48, 8, 8, 8)
+    assert torch.allclose(prior.decode(x), prior.decode(prior.encode_images(prior.decode(x))), atol=1e-5)
+    model = train_clip_classifier(tmp_path / "c", steps=2, n_clips=4)
+    back = ClipClassifier.from_pretrained(tmp_path / "c")
+    clips = torch.rand(2, 3, 8, 32, 32)
+    assert back.predict(clips) == model.predict(clips)
+    assert all(len(names) == 2 for names in back.predict(clips))
