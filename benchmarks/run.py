@@ -78,15 +78,26 @@ def bench_step(name: str, prior, repeats: int, method: str = "sds") -> dict[str,
     prompts = PromptProcessor(prior, "a red cube")
     opts = {**rep.optimizers(), **guidance.optimizers()}
     bg = torch.ones(3)
+
+    def render(k: int, g: torch.Generator):
+        cams = sample_cameras(4, CameraRanges(), 32, g)
+        return rep.render(cams, bg, generator=g).rgb, prompts.conditioning(cams, k)
+
+    return timed_steps(repeats, render, guidance, opts)
+
+
+def timed_steps(repeats: int, render, guidance, opts: dict) -> dict[str, float]:
+    """Medians over ``repeats`` steps (after a warm-up) of the parts of a step: render
+    (``render(k, generator) -> (rgb, conditioning)``), the guidance, backward + optimisers;
+    with the guidance's prior evaluations per step."""
     parts = {"render": [], "prior": [], "backward+optimiser": []}
     evals = 0
     for k in range(repeats + 1):
         g = torch.Generator().manual_seed(k)
-        cams = sample_cameras(4, CameraRanges(), 32, g)
         t0 = time.perf_counter()
-        out = rep.render(cams, bg, generator=g)
+        rgb, cond = render(k, g)
         t1 = time.perf_counter()
-        guided = guidance(out.rgb, prompts.conditioning(cams, k), k, generator=g)
+        guided = guidance(rgb, cond, k, generator=g)
         t2 = time.perf_counter()
         for o in opts.values():
             o.zero_grad()
@@ -113,30 +124,14 @@ def bench_4d_step(video_prior, repeats: int) -> dict[str, float]:
     v = cfg.video
     guidance = GUIDANCE[v.guidance.name](v.guidance, video_prior)
     cond = PromptProcessor(video_prior, "a red ball bouncing", cfg=PromptConfig(view_dependent=False)).conditioning(None, batch=1)
-    opts = rep.optimizers()
     bg = torch.ones(3)
-    parts = {"render": [], "prior": [], "backward+optimiser": []}
-    evals = 0
-    for k in range(repeats + 1):
-        g = torch.Generator().manual_seed(k)
+
+    def render(k: int, g: torch.Generator):
         cam = sample_cameras(1, CameraRanges(), v.resolution, g)
         cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=torch.arange(v.frames) / v.frames)
-        t0 = time.perf_counter()
-        clip = rep.render(cams, bg).rgb.transpose(0, 1)[None]  # [1, 3, T, H, W]
-        t1 = time.perf_counter()
-        guided = guidance(clip, cond, 500, generator=g)
-        t2 = time.perf_counter()
-        for o in opts.values():
-            o.zero_grad()
-        guided.loss.backward()
-        for o in opts.values():
-            o.step()
-        t3 = time.perf_counter()
-        if k:
-            for key, val in zip(parts, (t1 - t0, t2 - t1, t3 - t2)):
-                parts[key].append(val)
-            evals += guided.prior_evals
-    return {**{k: statistics.median(val) for k, val in parts.items()}, "evals": evals / repeats}
+        return rep.render(cams, bg).rgb.transpose(0, 1)[None], cond  # a clip [1, 3, T, H, W]
+
+    return timed_steps(repeats, render, guidance, rep.optimizers())
 
 
 def bench_prior(prior, repeats: int, batch: int = 4) -> float:

@@ -135,15 +135,19 @@ class TextTo3D(pl.LightningModule):
         self.representation.load_weights(rep)  # resizes (e.g. densified Gaussians) before Lightning loads
 
     # --- outputs ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def render_orbit(self, n: int, size: int):
+    def orbit_cameras(self, n: int, size: int):
+        """n evaluation views around the object."""
         c = self.cfg.system.camera
-        cams = orbit(n, c.eval_elevation, c.eval_distance, c.eval_fov_y, size)
-        return self.representation.render(cams, self.background)
+        return orbit(n, c.eval_elevation, c.eval_distance, c.eval_fov_y, size)
+
+    @torch.no_grad()
+    def render_frames(self, cameras) -> np.ndarray:
+        """[B, H, W, 3] uint8 renders."""
+        return to_uint8(self.representation.render(cameras, self.background).rgb.permute(0, 2, 3, 1))
 
     def save_views(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        frames = to_uint8(self.render_orbit(4, self.cfg.test.resolution).rgb.permute(0, 2, 3, 1))
+        frames = self.render_frames(self.orbit_cameras(4, self.cfg.test.resolution))
         buf = path.with_suffix(".tmp.png")
         Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf)
         buf.replace(path)
@@ -159,15 +163,20 @@ class TextTo3D(pl.LightningModule):
         t = self.cfg.test
         test_dir = self.run_dir / "test"
         test_dir.mkdir(exist_ok=True)
-        frames = to_uint8(self.render_orbit(t.n_frames, t.resolution).rgb.permute(0, 2, 3, 1))
-        for i, f in enumerate(frames):
-            Image.fromarray(f).save(test_dir / f"{i:03d}.png")
-        write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
+        self.write_test_videos(test_dir)
         metrics = self.metrics()
         atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         if t.export:
             export(self.run_dir, list(t.export), representation=self.representation)
         return metrics
+
+    def write_test_videos(self, test_dir: Path) -> None:
+        """test/NNN.png and test/turntable.mp4: the evaluation orbit."""
+        t = self.cfg.test
+        frames = self.render_frames(self.orbit_cameras(t.n_frames, t.resolution))
+        for i, f in enumerate(frames):
+            Image.fromarray(f).save(test_dir / f"{i:03d}.png")
+        write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
 
     @torch.no_grad()
     def metrics(self) -> dict:

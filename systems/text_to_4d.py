@@ -11,7 +11,6 @@ join every step.
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,17 +19,15 @@ import torch
 from PIL import Image
 
 from systems.text_to_3d import TextTo3D
-from threedgen.cameras import CameraRanges, make_cameras, orbit, sample_cameras
+from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
 from threedgen.config import ConfigError, PromptConfig, RunConfig
 from threedgen.evaluate import evaluate_4d
-from threedgen.export import export
-from threedgen.export.views import to_uint8, write_video
+from threedgen.export.views import write_video
 from threedgen.guidance import GUIDANCE
 from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
 from threedgen.priors.embedded import world
 from threedgen.priors.embedded.classifier import WorldClassifier
 from threedgen.prompts import PromptProcessor
-from threedgen.runs import atomic_write
 
 
 def image_prompt_for(prompt: str, vocabulary: list[str] | None) -> str:
@@ -81,43 +78,27 @@ class TextTo4D(TextTo3D):
         return out, self.video_guidance(clip, cond, step, generator=g)
 
     # --- outputs ----------------------------------------------------------------------------------
+    def orbit_cameras(self, n: int, size: int):
+        """The evaluation orbit with times k / n: the motion plays once while the camera turns."""
+        return replace(super().orbit_cameras(n, size), time=torch.arange(n, dtype=torch.float32) / n)
+
     def save_views(self, path: Path) -> None:
         """Four views at t = 0 over four views at t = 1/2."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        c = self.cfg.system.camera
-        cams = orbit(4, c.eval_elevation, c.eval_distance, c.eval_fov_y, self.cfg.test.resolution)
-        rows = []
-        with torch.no_grad():
-            for t in (0.0, 0.5):
-                rgb = self.representation.render(replace(cams, time=torch.full((4,), t)), self.background).rgb
-                rows.append(np.concatenate(list(to_uint8(rgb.permute(0, 2, 3, 1))), axis=1))
+        cams = super().orbit_cameras(4, self.cfg.test.resolution)
+        rows = [np.concatenate(list(self.render_frames(replace(cams, time=torch.full((4,), t)))), axis=1)
+                for t in (0.0, 0.5)]
         buf = path.with_suffix(".tmp.png")
         Image.fromarray(np.concatenate(rows, axis=0)).save(buf)
         buf.replace(path)
 
-    @torch.no_grad()
-    def finish(self) -> dict:
-        """Test frames, an orbit-while-time-advances turntable and a fixed-view video, the motion
-        metrics in metrics.json, and the test.export formats (per-frame sequences for 4D)."""
-        self.representation.eval()
+    def write_test_videos(self, test_dir: Path) -> None:
+        """The turntable (see ``orbit_cameras``) and test/fixed.mp4: one view while time runs."""
+        super().write_test_videos(test_dir)
         t, c = self.cfg.test, self.cfg.system.camera
-        test_dir = self.run_dir / "test"
-        test_dir.mkdir(exist_ok=True)
-        n = t.n_frames
-        times = torch.arange(n, dtype=torch.float32) / n
-        turn = replace(orbit(n, c.eval_elevation, c.eval_distance, c.eval_fov_y, t.resolution), time=times)
-        frames = to_uint8(self.representation.render(turn, self.background).rgb.permute(0, 2, 3, 1))
-        for i, f in enumerate(frames):
-            Image.fromarray(f).save(test_dir / f"{i:03d}.png")
-        write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
+        times = torch.arange(t.n_frames, dtype=torch.float32) / t.n_frames
         fixed = make_cameras(c.eval_elevation, 45.0, c.eval_distance, c.eval_fov_y, t.resolution, time=times)
-        write_video(test_dir / "fixed.mp4", to_uint8(self.representation.render(fixed, self.background).rgb
-                                                     .permute(0, 2, 3, 1)), fps=t.fps)
-        metrics = self.metrics()
-        atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
-        if t.export:
-            export(self.run_dir, list(t.export), representation=self.representation)
-        return metrics
+        write_video(test_dir / "fixed.mp4", self.render_frames(fixed), fps=t.fps)
 
     @torch.no_grad()
     def metrics(self) -> dict:

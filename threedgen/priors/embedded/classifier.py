@@ -82,22 +82,29 @@ def train_classifier(out: Path, steps: int = 1500, n_renders: int = 6000, seed: 
         K.ColorJitter(brightness=0.1, saturation=0.15, p=0.5),
         K.RandomGaussianNoise(std=0.03, p=0.5),
     )
-    model = WorldClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in tqdm(range(1, steps + 1), desc="train-classifier", mininterval=5):
+    def batch():
         idx = torch.randint(n_renders, (128,), generator=g)
         colours = torch.randint(len(world.COLOURS), (128,), generator=g)
         rgb = world.colourize(data.luminance[idx], data.alpha[idx], palette[colours])
-        rgb = augment(rgb).clamp(0, 1)
-        s_logits, c_logits = model(rgb)
-        loss = F.cross_entropy(s_logits, shapes[idx]) + F.cross_entropy(c_logits, colours)
+        return augment(rgb).clamp(0, 1), (shapes[idx], colours)
+
+    return fit_heads(WorldClassifier(), steps, batch, out, "classifier")
+
+
+def fit_heads(model, steps: int, batch, out: Path, name: str):
+    """AdamW + one-cycle on the summed cross-entropy of the model's heads; ``batch()`` gives
+    (inputs, one label tensor per head). Saves the trained model to ``out``."""
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    for step in tqdm(range(1, steps + 1), desc=f"train-{name}", mininterval=5):
+        inputs, labels = batch()
+        loss = sum(F.cross_entropy(logits, y) for logits, y in zip(model(inputs), labels))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
         if step % 100 == 0:
-            log.info("classifier step %d loss %.4f", step, loss.item())
+            log.info("%s step %d loss %.4f", name, step, loss.item())
     model.eval()
     model.save_pretrained(out)
     return model
@@ -192,26 +199,17 @@ def train_clip_classifier(out: Path, steps: int = 1200, n_clips: int = 1500, fra
         K.RandomGaussianBlur((3, 3), (0.1, 1.0), p=0.5),
         K.ColorJitter(brightness=0.1, saturation=0.15, p=0.5),
         data_format="BCTHW", same_on_frame=True)
-    model = ClipClassifier()
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
-    for step in tqdm(range(1, steps + 1), desc="train-clip-classifier", mininterval=5):
+    def batch():
         idx = torch.randint(n_clips, (32,), generator=g)
         colours = torch.randint(len(world.COLOURS), (32,), generator=g)
         rgb = palette[colours][:, :, None, None, None] * lum[idx] + world.BACKGROUND * (1 - alpha[idx])
         rgb = augment(rgb.clamp(0, 1))
-        rgb = (rgb + 0.03 * torch.randn(rgb.shape, generator=g) * (torch.rand(32, 1, 1, 1, 1, generator=g) < 0.5)).clamp(0, 1)
-        s, c, m = model(rgb)
-        loss = F.cross_entropy(s, shapes[idx]) + F.cross_entropy(c, colours) + F.cross_entropy(m, motions[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 100 == 0:
-            log.info("clip classifier step %d loss %.4f", step, loss.item())
-    model.eval()
-    model.save_pretrained(out)
-    return model
+        noise = 0.03 * torch.randn(rgb.shape, generator=g)
+        noisy = torch.rand(32, 1, 1, 1, 1, generator=g) < 0.5  # on half the clips
+        rgb = (rgb + noise * noisy).clamp(0, 1)
+        return rgb, (shapes[idx], colours, motions[idx])
+
+    return fit_heads(ClipClassifier(), steps, batch, out, "clip-classifier")
 
 
 @torch.no_grad()
