@@ -72,7 +72,7 @@ class TextTo4D(TextTo3D):
         cam = sample_cameras(1, self.clip_ranges, v.resolution, g)
         times = (float(torch.rand((), generator=g)) + torch.arange(v.frames)) / v.frames
         clip_cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=times)
-        out = self.representation.render(clip_cams, self.background, generator=g)
+        out = self.representation.render(clip_cams, self.background, generator=g, canonical_grad=v.train_canonical)
         clip = out.rgb.transpose(0, 1)[None]  # [1, 3, T, H, W]
         cond = self.video_prompts.conditioning(None, step, batch=1)
         return out, self.video_guidance(clip, cond, step, generator=g)

@@ -95,6 +95,16 @@ def test_mixed_times_render_each_camera_at_its_own_time():
     assert not torch.allclose(out.rgb[0], out.rgb[1])
 
 
+def test_held_canonical_sends_the_gradient_to_the_deformation_only():
+    g = dynamic()
+    cams = make_cameras([20.0] * 2, [0.0, 90.0], 2.8, 30.0, 16, time=[0.2, 0.7])
+    g.render(cams, torch.ones(3), canonical_grad=False).rgb.mean().backward()
+    assert all(p.grad is None for p in g.params.values())
+    assert g.deform[-1].weight.grad.abs().sum() > 0
+    g.render(cams, torch.ones(3)).rgb.mean().backward()
+    assert all(p.grad is not None for p in g.params.values())
+
+
 def test_dynamic_regularisers_and_weights_round_trip():
     g = dynamic(lambda_smooth=1.0, lambda_deform=1.0)
     with torch.no_grad():

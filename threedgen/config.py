@@ -183,6 +183,9 @@ class VideoConfig:
     image_probability: float = 0.25
     resolution: int = 32
     camera_elevation: tuple[float, float] = (0.0, 40.0)  # of the clip's camera
+    # Video steps train the deformation only (DreamGaussian4D), so the video prior cannot reshape
+    # the object; true: they train the canonical Gaussians too (4D-fy).
+    train_canonical: bool = False
     # The image guidance's prompt; None: the prompt in the image prior's words (a closed
     # vocabulary drops the motion words and reads "ball" as "sphere"), else the prompt itself.
     image_prompt: str | None = None

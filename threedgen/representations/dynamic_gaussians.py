@@ -99,10 +99,11 @@ class DynamicGaussians(Gaussians):
 
     # --- deformation ---
     def offsets(self, t: Tensor | float) -> Tensor:
-        """[N, 11] (d_mu, d_q, d_s, d_o) of every Gaussian at time t (a scalar)."""
+        """[N, 11] (d_mu, d_q, d_s, d_o) of every Gaussian at time t (a scalar). The canonical
+        positions enter as the MLP's input only (no gradient to them through it)."""
         c = self.cfg
         t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device).reshape(1)
-        x = fourier(self.means / self.aabb, c.pos_freqs)
+        x = fourier(self.means.detach() / self.aabb, c.pos_freqs)
         feats = torch.cat([x, time_features(t, c.time_freqs).expand(len(x), -1)], -1)
         return self.deform(feats) * self._out_mask
 
@@ -142,19 +143,21 @@ class DynamicGaussians(Gaussians):
             super().post_step(step, out, {k: v for k, v in optimizers.items() if k in self.params})
 
     def render(self, cameras: Cameras, background: Tensor, backend: str = "auto",
-               generator: torch.Generator | None = None) -> RenderOutput:
-        """Render each camera at its own time (see the module doc)."""
+               generator: torch.Generator | None = None, canonical_grad: bool = True) -> RenderOutput:
+        """Render each camera at its own time (see the module doc). canonical_grad False: the
+        gradient reaches the deformation only (the canonical Gaussians are held)."""
         if cameras.time is None:
             return super().render(cameras, background, backend)
         times = cameras.time.unique()
+        p = self.params if canonical_grad else {k: v.detach() for k, v in self.params.items()}
         outs = []
         for t in times.tolist():
             d = self.offsets(t)
-            p = self.params
             sel = (cameras.time == t).nonzero().squeeze(-1)
             outs.append((sel, render_gaussians(
                 p["means"] + d[:, :3], p["quats"] + d[:, 3:7], torch.exp(p["scales"] + d[:, 7:10]),
-                torch.sigmoid(p["opacities"] + d[:, 10]), self.colors, cameras[sel].to(self.means.device),
+                torch.sigmoid(p["opacities"] + d[:, 10]), p["colors"] if self.sh_degree else torch.sigmoid(p["colors"]),
+                cameras[sel].to(self.means.device),
                 background, sh_degree=self.sh_degree or None, backend=backend)))
         if len(outs) == 1:
             return outs[0][1]
