@@ -160,14 +160,9 @@ def test_still_object_has_no_motion():
 # --- the 4D system, end to end on an untrained video prior ------------------------------------------
 @pytest.fixture(scope="module")
 def untrained_video_prior(tmp_path_factory):
-    """The embedded video prior's folder layout and vocabulary, with untrained weights."""
-    from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded import train as T
+    from tests.tiny_priors import untrained_video_prior
 
-    out = tmp_path_factory.mktemp("video-prior")
-    tok = M.build_tokenizer(T.video_vocabulary())
-    T.save_video_pipeline(out, M.build_video_unet(), M.build_text_encoder(len(tok)), tok, T.VideoTrainConfig())
-    return out
+    return untrained_video_prior(tmp_path_factory.mktemp("video-prior"))
 
 
 def fit4d(tmp_path, prior_path, *overrides):
@@ -231,6 +226,16 @@ def test_4d_config_errors_are_one_line(tmp_path, capsys, untrained_video_prior):
                      *video_prior, *overrides])
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and message in err, (overrides, err)
+
+
+def test_missing_embedded_video_prior_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    import threedgen.priors.diffusion as D
+
+    monkeypatch.setattr(D, "EMBEDDED_VIDEO_PATH", tmp_path / "not-here")
+    assert main(["fit", "--config", CONFIG, f"output_dir={tmp_path}", "prompt=a red ball bouncing"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "threedgen train-prior --video" in err
+    assert not run_dirs(tmp_path)
 
 
 # --- the video prior's training and classifier, smoke-sized ----------------------------------------

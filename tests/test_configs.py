@@ -2,6 +2,7 @@
 
 Recipes for real checkpoints (a hub id in system.prior.path) run against a tiny stand-in of the
 same family, in float32 at the stand-in's own resolution: STAND_INS must name each such checkpoint.
+4D recipes run against an untrained video prior in the embedded one's layout.
 """
 
 import json
@@ -10,7 +11,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.test_fit import fit
-from tests.tiny_priors import tiny_mvdream, tiny_sd, tiny_sdxl
+from tests.tiny_priors import tiny_mvdream, tiny_sd, tiny_sdxl, untrained_video_prior
 from threedgen import config as C
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
@@ -36,6 +37,9 @@ def test_recipe_runs_two_steps(tmp_path, recipe):
             overrides.append(f"system.prior.base={base}")
         overrides += [f"system.prior.path={stand_in}", "system.prior.dtype=float32", "system.prior.resolution=null",
                       "system.camera.resolution=32"]
+    video = C.load([recipe], ["prompt=a red cube"]).system.video
+    if video is not None:  # 4D: the embedded video prior's layout and vocabulary, untrained weights
+        overrides += ["system.video.prior.name=diffusers", f"system.video.prior.path={untrained_video_prior(tmp_path / 'video')}"]
     run = fit(tmp_path, *overrides, config=str(recipe))
     assert run.parent.name == recipe.stem
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2

@@ -15,10 +15,10 @@ from tests.helpers import REPO
 from tests.test_fit import fit
 from threedgen.cameras import orbit
 from threedgen.cli import main
-from threedgen.export import ExportConfig, ExportError, Job, export
+from threedgen.export import ExportConfig, ExportError, Job
 from threedgen.export.mesh import (SurfaceError, extract_surface, fidelity, textured_mesh, write_glb,
                                    write_obj, write_ply)
-from threedgen.export.views import backproject, normals_from_depth, transforms, view_cameras
+from threedgen.export.views import normals_from_depth, transforms, view_cameras
 from threedgen.representations.gaussians import Gaussians
 from threedgen.representations.mesh import Mesh
 from threedgen.representations.nerf import NeRF

@@ -136,3 +136,13 @@ def tiny_mvdream(folder: Path) -> tuple[Path, Path]:
     ldm["cond_stage_model.model.token_embedding.weight"] = torch.zeros(3, 4)  # other parts are ignored
     torch.save({"state_dict": ldm}, folder / "sd-v2.1-base-4view.pt")
     return folder / "sd-v2.1-base-4view.pt", base
+
+
+def untrained_video_prior(folder: Path) -> Path:
+    """The embedded video prior's folder layout and vocabulary, with untrained weights."""
+    from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded import train as T
+
+    tok = M.build_tokenizer(T.video_vocabulary())
+    T.save_video_pipeline(folder, M.build_video_unet(), M.build_text_encoder(len(tok)), tok, T.VideoTrainConfig())
+    return folder

@@ -102,8 +102,7 @@ class DiffusionPrior(nn.Module):
                         dtype: str = "float32") -> DiffusionPrior:
         """Load a local folder or a hub id (see ``resolve_checkpoint``)."""
         folder = resolve_checkpoint(str(path))
-        hint = {EMBEDDED_PATH: "; run `threedgen train-prior` or reinstall the package",
-                EMBEDDED_VIDEO_PATH: "; run `threedgen train-prior --video` or reinstall the package"}.get(folder, "")
+        hint = "; run `threedgen train-prior` or reinstall the package" if folder == EMBEDDED_PATH else ""
         for sub, weights in [("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")]:
             if not (folder / sub / weights).is_file():
                 raise PriorLoadError(f"prior {path}: missing weights file {sub}/{weights}{hint}")
@@ -360,6 +359,9 @@ def load_prior(cfg) -> DiffusionPrior:
         path = converted_folder(resolve_file(cfg.path), resolve_checkpoint(cfg.base), cache_root() / "priors")
     else:
         path = {"embedded": EMBEDDED_PATH, "embedded_video": EMBEDDED_VIDEO_PATH}.get(cfg.name, cfg.path)
+    if cfg.name == "embedded_video" and not (EMBEDDED_VIDEO_PATH / "unet").is_dir():
+        raise PriorLoadError(f"the embedded video prior is not shipped yet: train it with `threedgen train-prior "
+                             f"--video` and copy prior-training/video to {EMBEDDED_VIDEO_PATH}")
     prior = DiffusionPrior.from_pretrained(path, resolution=cfg.resolution, dtype=cfg.dtype)
     if cfg.attention_slicing:
         prior.unet.set_attention_slice("auto")
