@@ -22,7 +22,7 @@ from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import ConfigError, RunConfig, value_at
 from threedgen.evaluate import evaluate
 from threedgen.export import export
-from threedgen.export.views import to_uint8, write_video
+from threedgen.export.views import to_uint8, write_png, write_video
 from threedgen.guidance import GUIDANCE
 from threedgen.guidance.base import clip_pixel_grad
 from threedgen.priors.embedded.classifier import WorldClassifier
@@ -148,9 +148,7 @@ class TextTo3D(pl.LightningModule):
     def save_views(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         frames = self.render_frames(self.orbit_cameras(4, self.cfg.test.resolution))
-        buf = path.with_suffix(".tmp.png")
-        Image.fromarray(np.concatenate(list(frames), axis=1)).save(buf)
-        buf.replace(path)
+        write_png(path, np.concatenate(list(frames), axis=1))
 
     def on_train_start(self):
         self._t0 = time.time()

@@ -16,13 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from systems.text_to_3d import TextTo3D
 from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
 from threedgen.config import ConfigError, PromptConfig, RunConfig
 from threedgen.evaluate import evaluate_4d
-from threedgen.export.views import write_video
+from threedgen.export.views import write_png, write_video
 from threedgen.guidance import GUIDANCE
 from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
 from threedgen.priors.embedded import world
@@ -88,9 +87,7 @@ class TextTo4D(TextTo3D):
         cams = super().orbit_cameras(4, self.cfg.test.resolution)
         rows = [np.concatenate(list(self.render_frames(replace(cams, time=torch.full((4,), t)))), axis=1)
                 for t in (0.0, 0.5)]
-        buf = path.with_suffix(".tmp.png")
-        Image.fromarray(np.concatenate(rows, axis=0)).save(buf)
-        buf.replace(path)
+        write_png(path, np.concatenate(rows, axis=0))
 
     def write_test_videos(self, test_dir: Path) -> None:
         """The turntable (see ``orbit_cameras``) and test/fixed.mp4: one view while time runs."""

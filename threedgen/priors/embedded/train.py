@@ -30,15 +30,15 @@ log = logging.getLogger("threedgen.train_prior")
 
 
 @dataclass(frozen=True)
-class PriorTrainConfig:
+class TrainConfig:
+    """What every prior trainer reads: ``optimise``'s schedule and ``random_cameras``' ranges."""
+
     steps: int = 5000
     batch_size: int = 64
     lr: float = 6e-4
     warmup: int = 100
     ema_decay: float = 0.999
     text_dropout: float = 0.1
-    camera_dropout: float = 0.1
-    renders_per_shape: int = 2000
     elevation: tuple[float, float] = (-10.0, 70.0)
     distance: tuple[float, float] = (2.6, 3.0)
     fov_y: float = 30.0
@@ -47,11 +47,17 @@ class PriorTrainConfig:
     save_every: int = 1000
 
 
+@dataclass(frozen=True)
+class PriorTrainConfig(TrainConfig):
+    camera_dropout: float = 0.1
+    renders_per_shape: int = 2000
+
+
 def vocabulary() -> list[str]:
     return [*M.ARTICLES, *world.COLOURS, *world.SHAPES]
 
 
-def random_cameras(n: int, cfg: PriorTrainConfig, g: torch.Generator):
+def random_cameras(n: int, cfg: TrainConfig, g: torch.Generator):
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
     return make_cameras(u(*cfg.elevation), u(0.0, 360.0), u(*cfg.distance), cfg.fov_y, cfg.resolution)
 
@@ -103,7 +109,7 @@ def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Ten
     return torch.nn.functional.mse_loss(pred, noise)
 
 
-def optimise(cfg, params: list, loss_fn, save, t0: float) -> None:
+def optimise(cfg: TrainConfig, params: list, loss_fn, save, t0: float) -> None:
     """AdamW with warmup + cosine decay, gradient clipping and an EMA of ``params``;
     ``loss_fn(step)`` gives the step's loss, ``save()`` writes the model (called with the EMA
     weights swapped in) every ``cfg.save_every`` steps and at the end."""
@@ -167,21 +173,13 @@ def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
 
 # --- the video prior (``threedgen train-prior --video``) ------------------------------------------
 @dataclass(frozen=True)
-class VideoTrainConfig:
+class VideoTrainConfig(TrainConfig):
     steps: int = 3000
     batch_size: int = 16  # clips
-    lr: float = 6e-4
-    warmup: int = 100
-    ema_decay: float = 0.999
-    text_dropout: float = 0.1
-    clips_per_combination: int = 80
     elevation: tuple[float, float] = (-10.0, 60.0)
-    distance: tuple[float, float] = (2.6, 3.0)
-    fov_y: float = 30.0
-    resolution: int = 32
-    frames: int = M.VIDEO_FRAMES
-    seed: int = 0
     save_every: int = 500
+    clips_per_combination: int = 80
+    frames: int = M.VIDEO_FRAMES
 
 
 def video_vocabulary() -> list[str]:
