@@ -248,10 +248,43 @@ def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
     prior = DiffusionPrior.from_pretrained(tmp_path / "v")
     assert prior.video and prior.world["frames"] == 8 and "bouncing" in prior.vocabulary
     x = prior.encode_images(torch.rand(1, 3, 8, 32, 32))
-    assert x.shape == (1, 48, 8, 8, 8)
+    assert x.shape == (1, 12, 8, 16, 16)
     assert torch.allclose(prior.decode(x), prior.decode(prior.encode_images(prior.decode(x))), atol=1e-5)
     model = train_clip_classifier(tmp_path / "c", steps=2, n_clips=4)
     back = ClipClassifier.from_pretrained(tmp_path / "c")
     clips = torch.rand(2, 3, 8, 32, 32)
     assert back.predict(clips) == model.predict(clips)
     assert all(len(names) == 2 for names in back.predict(clips))
+
+
+def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
+    """model.inflate: on noised world renders, the video UNet's noise prediction at init is the
+    image prior's (null camera) on every frame, up to the 4x4-level attention's head split
+    (diffusers' 3D blocks split heads by size, its 2D blocks by count); temporal layers are the
+    identity. A copy with random temporal output layers is a control that the test can fail."""
+    from diffusers import UNet2DConditionModel
+
+    from threedgen.priors.diffusion import EMBEDDED_PATH
+    from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded import world
+    from threedgen.priors.embedded.train import TrainConfig, random_cameras
+
+    image = UNet2DConditionModel.from_pretrained(EMBEDDED_PATH / "unet").eval()
+    video = M.inflate(image).eval()
+    g = torch.Generator().manual_seed(0)
+    frames = M.PixelShuffleCodec(2).encode(world.render(["cube"] * 8, ["red"] * 8, random_cameras(8, TrainConfig(), g)).rgb)
+    a = M.build_scheduler().alphas_cumprod[400]
+    noise = torch.randn(frames.shape, generator=g)
+    x_t, text = a.sqrt() * frames + (1 - a).sqrt() * noise, torch.randn(1, M.MAX_TOKENS, 64, generator=g)
+    with torch.no_grad():
+        per_frame = image(x_t, torch.full((8,), 400), text.expand(8, -1, -1),
+                          class_labels=torch.zeros(8, M.CAMERA_DIM)).sample
+        clip = video(x_t.transpose(0, 1)[None], torch.tensor([400]), text).sample[0].transpose(0, 1)
+        for key, p in video.named_parameters():
+            if ".temp_attentions." in key and ".proj_out." in key:
+                p.normal_(0, 0.05, generator=g)
+        control = video(x_t.transpose(0, 1)[None], torch.tensor([400]), text).sample[0].transpose(0, 1)
+    err = lambda eps: (eps - noise).square().mean().item()  # noqa: E731
+    assert abs(err(clip) - err(per_frame)) < 0.02 * err(per_frame)
+    assert (clip - per_frame).abs().mean() < 0.05 * per_frame.abs().mean()
+    assert (control - per_frame).abs().mean() > 4 * (clip - per_frame).abs().mean()

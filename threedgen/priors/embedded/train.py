@@ -9,6 +9,7 @@ that classifier-free guidance works on both conditions.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -174,12 +175,18 @@ def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
 # --- the video prior (``threedgen train-prior --video``) ------------------------------------------
 @dataclass(frozen=True)
 class VideoTrainConfig(TrainConfig):
-    steps: int = 3000
-    batch_size: int = 16  # clips
+    """``image_prior``: the folder whose UNet and text encoder the video prior starts from
+    (``model.inflate``); the text encoder gains rows for the video words ("ball" starts as
+    "sphere", the motion words as small random vectors)."""
+
+    steps: int = 2000
+    batch_size: int = 8  # clips
+    lr: float = 2e-4  # fine-tuning from the image prior
     elevation: tuple[float, float] = (-10.0, 60.0)
-    save_every: int = 500
-    clips_per_combination: int = 80
+    save_every: int = 250
+    clips_per_combination: int = 60
     frames: int = M.VIDEO_FRAMES
+    image_prior: str = str(Path(__file__).parent / "weights")
 
 
 def video_vocabulary() -> list[str]:
@@ -231,9 +238,10 @@ def render_video_dataset(cfg: VideoTrainConfig, g: torch.Generator) -> dict:
 
 
 def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrainConfig) -> None:
-    """The video prior's folder: the image prior's layout with a UNet3DConditionModel."""
+    """The video prior's folder: the image prior's layout with a UNet3DConditionModel, stored in
+    float16 (14 MB instead of 29; loading casts it back to the model's dtype)."""
     out.mkdir(parents=True, exist_ok=True)
-    unet.save_pretrained(out / "unet")
+    copy.deepcopy(unet).half().save_pretrained(out / "unet")
     text_encoder.save_pretrained(out / "text_encoder")
     tokenizer.save_pretrained(out / "tokenizer")
     M.build_scheduler().save_pretrained(out / "scheduler")
@@ -246,13 +254,35 @@ def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrai
     (out / "world.json").write_text(json.dumps(meta, indent=2))
 
 
+def inflate_image_prior(folder: Path, tokenizer, g: torch.Generator):
+    """(text encoder, video UNet) that start as the image prior at ``folder`` (null camera)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    image_vocab = json.loads((folder / "world.json").read_text())["vocabulary"]
+    video_vocab = video_vocabulary()
+    if video_vocab[:len(image_vocab)] != image_vocab:
+        raise ValueError(f"{folder}: its vocabulary {image_vocab} does not start the video vocabulary")
+    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    table = text_encoder.get_input_embeddings().weight.detach().clone()
+    rows = torch.randn(len(tokenizer) - len(table), table.shape[1], generator=g) * table.std()
+    for i, word in enumerate(video_vocab[len(image_vocab):]):
+        if word in world.SYNONYMS:
+            rows[i] = table[tokenizer.convert_tokens_to_ids(world.SYNONYMS[word])]
+    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    with torch.no_grad():
+        text_encoder.get_input_embeddings().weight[len(table):] = rows
+    text_encoder.config.vocab_size = len(tokenizer)
+    unet = M.inflate(UNet2DConditionModel.from_pretrained(folder / "unet"))
+    return text_encoder, unet
+
+
 def train_video(out: Path, cfg: VideoTrainConfig) -> None:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     tokenizer = M.build_tokenizer(video_vocabulary())
-    text_encoder = M.build_text_encoder(len(tokenizer))
-    unet = M.build_video_unet()
+    text_encoder, unet = inflate_image_prior(Path(cfg.image_prior), tokenizer, g)
     codec = M.PixelShuffleCodec(factor=M.VIDEO_FACTOR)
     log.info("video unet + text encoder: %.2fM parameters",
              sum(p.numel() for p in [*unet.parameters(), *text_encoder.parameters()]) / 1e6)
