@@ -245,7 +245,13 @@ def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
     from threedgen.priors.embedded.train import VideoTrainConfig, train_video
 
     train_video(tmp_path / "v", VideoTrainConfig(steps=2, batch_size=2, clips_per_combination=1, save_every=2))
-    prior = DiffusionPrior.from_pretrained(tmp_path / "v")
+    # ... and on from that folder (an earlier video prior is loaded as it is, not re-inflated)
+    train_video(tmp_path / "v2", VideoTrainConfig(steps=1, batch_size=2, clips_per_combination=1, save_every=1,
+                                                  warmup=0, init_from=str(tmp_path / "v")))
+    first, second = (DiffusionPrior.from_pretrained(tmp_path / f) for f in ("v", "v2"))
+    diff = [(a - b).abs().max() for a, b in zip(first.unet.parameters(), second.unet.parameters())]
+    assert 0 < max(diff) < 0.05  # one small step away
+    prior = first
     assert prior.video and prior.world["frames"] == 8 and "bouncing" in prior.vocabulary
     x = prior.encode_images(torch.rand(1, 3, 8, 32, 32))
     assert x.shape == (1, 12, 8, 16, 16)
@@ -288,3 +294,36 @@ def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
     assert abs(err(clip) - err(per_frame)) < 0.02 * err(per_frame)
     assert (clip - per_frame).abs().mean() < 0.05 * per_frame.abs().mean()
     assert (control - per_frame).abs().mean() > 4 * (clip - per_frame).abs().mean()
+
+
+def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
+    """The shipped video prior loads by name (HF_HUB_OFFLINE=1), reads the video words, and
+    predicts the noise of noised moving-world clips better than the frame-by-frame image prior it
+    started from (model.inflate): training taught it something across frames."""
+    from threedgen.config import PriorConfig
+    from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
+    from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded.train import (VideoTrainConfig, clip_times, initial_video_prior, random_cameras,
+                                                 render_clips, text_features, video_vocabulary)
+
+    prior = load_prior(PriorConfig(name="embedded_video"))
+    assert prior.video and {"bouncing", "spinning", "ball"} <= set(prior.vocabulary)
+    tokenizer = M.build_tokenizer(video_vocabulary())
+    g = torch.Generator().manual_seed(3)
+    start_text, start = initial_video_prior(EMBEDDED_PATH, tokenizer, g)
+    combos = [("sphere", "bouncing"), ("cube", "spinning"), ("cylinder", "sliding"), ("cone", None)]
+    r = render_clips(combos, random_cameras(4, VideoTrainConfig(), g), clip_times(4, 8, g))
+    clips = prior.encode_images(r.rgb.unflatten(0, (4, 8)).transpose(1, 2))  # red objects
+    prompts = ["a red ball bouncing", "a red cube spinning", "a red cylinder sliding", "a red cone"]
+    text = prior.encode_prompts(prompts)
+    with torch.no_grad():
+        text0 = text_features(tokenizer, start_text, prompts)
+    errors = {"shipped": 0.0, "start": 0.0}
+    for t in (300, 600, 900):
+        a = prior.alphas_cumprod[t]
+        noise = torch.randn(clips.shape, generator=g)
+        x_t, ts = a.sqrt() * clips + (1 - a).sqrt() * noise, torch.full((4,), t)
+        with torch.no_grad():
+            errors["shipped"] += (prior.unet(x_t, ts, text).sample - noise).square().mean().item()
+            errors["start"] += (start(x_t, ts, text0).sample - noise).square().mean().item()
+    assert errors["shipped"] < 0.9 * errors["start"], errors

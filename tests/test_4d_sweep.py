@@ -3,8 +3,8 @@ says, keeps its shape and colour at every time, and a still prompt stays still (
 acceptance).
 
 Full sweep:  python -m pytest -m slow -s tests/test_4d_sweep.py
-The video prior is not shipped yet (the one trained so far draws noise, see the README): without
-it these cases fail at once with the loader's one-line error. Once it ships, mark a case `ci`.
+The shipped video prior has not learnt motion yet (README, "Text-to-4D"): the moving cases fail
+on their motion (a spinning cube turned 3 degrees, 2026-12-01), so no case is marked `ci` yet.
 """
 
 import json

@@ -127,7 +127,9 @@ def cmd_train_prior(args) -> int:
         torch.set_num_threads(args.threads)
     if args.part in ("all", "diffusion"):
         if args.video:
-            T.train_video(out, T.VideoTrainConfig(steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed))
+            T.train_video(out, T.VideoTrainConfig(
+                steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
+                **({"init_from": args.init_from} if args.init_from else {})))
         else:
             T.train_diffusion(out, T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed))
     if args.part in ("all", "classifier"):
@@ -214,6 +216,9 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=0, help="default: 5000 (3000 with --video)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--lr", type=float, default=0.0, help="with --video: peak learning rate (default 2e-4)")
+    t.add_argument("--init-from", help="with --video: start from this image prior (default: the shipped one) "
+                                       "or an earlier video prior's folder")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
     t.set_defaults(func=cmd_train_prior)
 

@@ -360,8 +360,8 @@ def load_prior(cfg) -> DiffusionPrior:
     else:
         path = {"embedded": EMBEDDED_PATH, "embedded_video": EMBEDDED_VIDEO_PATH}.get(cfg.name, cfg.path)
     if cfg.name == "embedded_video" and not (EMBEDDED_VIDEO_PATH / "unet").is_dir():
-        raise PriorLoadError(f"the embedded video prior is not shipped yet: train it with `threedgen train-prior "
-                             f"--video` and copy prior-training/video to {EMBEDDED_VIDEO_PATH}")
+        raise PriorLoadError(f"the embedded video prior is missing from {EMBEDDED_VIDEO_PATH}: reinstall threedgen, "
+                             f"or train it with `threedgen train-prior --video` and copy prior-training/video there")
     prior = DiffusionPrior.from_pretrained(path, resolution=cfg.resolution, dtype=cfg.dtype)
     if cfg.attention_slicing:
         prior.unet.set_attention_slice("auto")

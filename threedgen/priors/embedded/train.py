@@ -175,9 +175,10 @@ def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
 # --- the video prior (``threedgen train-prior --video``) ------------------------------------------
 @dataclass(frozen=True)
 class VideoTrainConfig(TrainConfig):
-    """``image_prior``: the folder whose UNet and text encoder the video prior starts from
-    (``model.inflate``); the text encoder gains rows for the video words ("ball" starts as
-    "sphere", the motion words as small random vectors)."""
+    """``init_from``: the folder the video prior starts from. An image prior's UNet is inflated
+    (``model.inflate``) and its text encoder gains rows for the video words ("ball" starts as
+    "sphere", the motion words as small random vectors); a video prior's folder (an earlier
+    training) is loaded as it is, to train on."""
 
     steps: int = 2000
     batch_size: int = 8  # clips
@@ -186,7 +187,7 @@ class VideoTrainConfig(TrainConfig):
     save_every: int = 250
     clips_per_combination: int = 60
     frames: int = M.VIDEO_FRAMES
-    image_prior: str = str(Path(__file__).parent / "weights")
+    init_from: str = str(Path(__file__).parent / "weights")
 
 
 def video_vocabulary() -> list[str]:
@@ -254,13 +255,19 @@ def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrai
     (out / "world.json").write_text(json.dumps(meta, indent=2))
 
 
-def inflate_image_prior(folder: Path, tokenizer, g: torch.Generator):
-    """(text encoder, video UNet) that start as the image prior at ``folder`` (null camera)."""
-    from diffusers import UNet2DConditionModel
+def initial_video_prior(folder: Path, tokenizer, g: torch.Generator):
+    """(text encoder, video UNet) to start training from: the video prior at ``folder``, or one
+    that starts as the image prior at ``folder`` does with the null camera (VideoTrainConfig)."""
+    from diffusers import UNet2DConditionModel, UNet3DConditionModel
     from transformers import CLIPTextModel
 
-    image_vocab = json.loads((folder / "world.json").read_text())["vocabulary"]
-    video_vocab = video_vocabulary()
+    meta = json.loads((folder / "world.json").read_text())
+    image_vocab, video_vocab = meta["vocabulary"], video_vocabulary()
+    if "motions" in meta:  # an earlier video prior
+        if image_vocab != video_vocab:
+            raise ValueError(f"{folder}: its vocabulary {image_vocab} is not the video vocabulary")
+        return (CLIPTextModel.from_pretrained(folder / "text_encoder"),
+                UNet3DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32))
     if video_vocab[:len(image_vocab)] != image_vocab:
         raise ValueError(f"{folder}: its vocabulary {image_vocab} does not start the video vocabulary")
     text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
@@ -282,7 +289,7 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
     rng = random.Random(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     tokenizer = M.build_tokenizer(video_vocabulary())
-    text_encoder, unet = inflate_image_prior(Path(cfg.image_prior), tokenizer, g)
+    text_encoder, unet = initial_video_prior(Path(cfg.init_from), tokenizer, g)
     codec = M.PixelShuffleCodec(factor=M.VIDEO_FACTOR)
     log.info("video unet + text encoder: %.2fM parameters",
              sum(p.numel() for p in [*unet.parameters(), *text_encoder.parameters()]) / 1e6)
