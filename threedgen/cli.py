@@ -213,7 +213,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-prior", help="train the embedded prior (or --video: the video prior) and its classifier")
     t.add_argument("--video", action="store_true", help="the text-to-video prior of the moving world")
     t.add_argument("--out", help="default: prior-training/weights (prior-training/video with --video)")
-    t.add_argument("--steps", type=int, default=0, help="default: 5000 (3000 with --video)")
+    t.add_argument("--steps", type=int, default=0, help="default: 5000 (2000 with --video)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--lr", type=float, default=0.0, help="with --video: peak learning rate (default 2e-4)")

@@ -270,18 +270,24 @@ def initial_video_prior(folder: Path, tokenizer, g: torch.Generator):
                 UNet3DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32))
     if video_vocab[:len(image_vocab)] != image_vocab:
         raise ValueError(f"{folder}: its vocabulary {image_vocab} does not start the video vocabulary")
-    text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+    text_encoder = extend_vocabulary(CLIPTextModel.from_pretrained(folder / "text_encoder"), tokenizer,
+                                     video_vocab[len(image_vocab):], g)
+    return text_encoder, M.inflate(UNet2DConditionModel.from_pretrained(folder / "unet"))
+
+
+def extend_vocabulary(text_encoder, tokenizer, new_words: list[str], g: torch.Generator):
+    """Append embedding rows for ``new_words`` (the tokenizer's last ids): a synonym copies its
+    shape's row, any other word starts as a random row of the table's scale."""
     table = text_encoder.get_input_embeddings().weight.detach().clone()
-    rows = torch.randn(len(tokenizer) - len(table), table.shape[1], generator=g) * table.std()
-    for i, word in enumerate(video_vocab[len(image_vocab):]):
+    rows = torch.randn(len(new_words), table.shape[1], generator=g) * table.std()
+    for i, word in enumerate(new_words):
         if word in world.SYNONYMS:
             rows[i] = table[tokenizer.convert_tokens_to_ids(world.SYNONYMS[word])]
-    text_encoder.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    text_encoder.resize_token_embeddings(len(table) + len(new_words), mean_resizing=False)
     with torch.no_grad():
         text_encoder.get_input_embeddings().weight[len(table):] = rows
-    text_encoder.config.vocab_size = len(tokenizer)
-    unet = M.inflate(UNet2DConditionModel.from_pretrained(folder / "unet"))
-    return text_encoder, unet
+    text_encoder.config.vocab_size = len(table) + len(new_words)
+    return text_encoder
 
 
 def train_video(out: Path, cfg: VideoTrainConfig) -> None:
