@@ -16,8 +16,9 @@ from tests.test_fit import fit
 from threedgen.cameras import orbit
 from threedgen.cli import main
 from threedgen.export import ExportConfig, ExportError, Job
-from threedgen.export.mesh import (SurfaceError, extract_surface, fidelity, textured_mesh, write_glb,
-                                   write_obj, write_ply)
+from threedgen.cameras import make_cameras
+from threedgen.export.mesh import (SurfaceError, bake_views, extract_surface, fidelity, projected_colours,
+                                   textured_mesh, write_glb, write_obj, write_ply)
 from threedgen.export.views import normals_from_depth, transforms, view_cameras
 from threedgen.representations.gaussians import Gaussians
 from threedgen.representations.mesh import Mesh
@@ -63,15 +64,46 @@ def opaque_gaussian_shell() -> Gaussians:
 REPS = {"nerf": two_tone_cube_nerf, "mesh": painted_sphere_mesh, "gaussians": opaque_gaussian_shell}
 
 
-@pytest.mark.parametrize("name", REPS)
-def test_textured_mesh_matches_the_renders(name):
+# A mesh representation is baked by query only (export's bake=auto): its colours are exact there.
+@pytest.mark.parametrize("name, bake", [("nerf", "query"), ("nerf", "project"), ("mesh", "query"),
+                                        ("gaussians", "query"), ("gaussians", "project")])
+def test_textured_mesh_matches_the_renders(name, bake):
     rep = REPS[name]()
-    m = textured_mesh(rep, grid=64, texture_size=256)
+    views = bake_views(2.8, 30.0, 96) if bake == "project" else None
+    m = textured_mesh(rep, grid=64, texture_size=256, cameras=views, background=BG)
     f = fidelity(rep, m.verts, m.faces, m.uv, m.texture, ORBIT, BG)
     assert f["silhouette_iou"] >= 0.9 and f["psnr"] >= 20, f
     # The texture carries the colour: a flat grey texture on the same mesh is far worse.
     grey = np.full_like(m.texture, 128)
     assert fidelity(rep, m.verts, m.faces, m.uv, grey, ORBIT, BG)["psnr"] < f["psnr"] - 5
+
+
+def test_back_projection_skips_hidden_points():
+    """Two cubes on the x axis seen from +x: the far cube's front face faces the camera but is
+    hidden by the near cube, so the view gives it no colour; the near cube's face gets the near
+    cube's colour, un-premultiplied from the background."""
+    n = NeRF(resolution=48, blob_density=0.0)
+    v = torch.linspace(-1, 1, 48)
+    x, y, z = torch.meshgrid(v, v, v, indexing="ij")
+    across = (y.abs() < 0.3) & (z.abs() < 0.3)
+    near, far = across & (x > 0.2) & (x < 0.7), across & (x > -0.7) & (x < -0.2)
+    with torch.no_grad():
+        n.density.copy_(torch.where(near | far, 30.0, -30.0))
+        n.color.copy_(torch.where((x > 0)[..., None], torch.tensor([3.0, -3.0, -3.0]), torch.tensor([-3.0, -3.0, 3.0])))
+    n.eval()
+    verts, faces, _ = extract_surface(n, grid=64)
+    view = make_cameras(0.0, 0.0, 2.8, 30.0, 96)
+    assert view.c2w[0, 0, 3] > 2.7  # the camera sits on +x
+    grid = torch.stack(torch.meshgrid(torch.linspace(-0.15, 0.15, 5), torch.linspace(-0.15, 0.15, 5), indexing="ij"), -1).reshape(-1, 2)
+    face = lambda x0: torch.cat([torch.full((25, 1), x0), grid], 1)  # noqa: E731  points on a face facing +x
+    normals = torch.tensor([[1.0, 0.0, 0.0]]).expand(50, 3)
+    level_x = float(verts[:, 0].max())  # the near cube's front face, as the isosurface put it
+    far_x = float(verts[verts[:, 0] < 0][:, 0].max())
+    points = torch.cat([face(level_x), face(far_x)])
+    rgb, weight = projected_colours(n, torch.from_numpy(verts), torch.from_numpy(faces), points, normals, view, BG)
+    assert (weight[:25] > 0.5).all() and (weight[25:] == 0).all(), weight
+    red = torch.sigmoid(torch.tensor([3.0, -3.0, -3.0]))  # the grid's colour
+    assert torch.allclose(rgb[:25], red.expand(25, 3), atol=0.03), rgb[:25]
 
 
 def reload(path):
@@ -203,13 +235,15 @@ def test_export_cli_writes_every_format(tmp_path, capsys):
     frames = imageio.mimread(out / "turntable-normal.gif")
     assert len(frames) == 5 and frames[0].shape[:2] == (32, 32)
     report = json.loads((out / "mesh.json").read_text())
-    assert report["texture_size"] == 64 and set(report["fidelity"]) == {"silhouette_iou", "psnr"}
+    assert report["texture_size"] == 64 and report["bake"] == "48 views"
+    assert set(report["fidelity"]) == {"silhouette_iou", "psnr", "interior_psnr"}
 
 
 def test_export_cli_refuses_bad_options_in_one_line(tmp_path, capsys):
     run = fit(tmp_path, "prompt=a red cube", "trainer.max_steps=1", config=str(REPO / "configs" / "gaussians-sds.yaml"))
     for args, message in [(["--format", "stl"], "unknown format 'stl'"),
                           (["--format", "mp4", "shading=glossy"], "shading"),
+                          (["--format", "glb", "bake=paint"], "bake"),
                           (["--format", "glb", "texture_size=4"], "at least 8"),
                           (["--format", "glb", "textur_size=64"], "did you mean texture_size")]:
         capsys.readouterr()

@@ -42,6 +42,10 @@ class ExportConfig:
     min_piece: float = 0.05  # drop pieces with fewer faces than this fraction of the largest
     max_faces: int = 20000  # decimate to about this many faces (quadric); 0 keeps them all
     texture_size: int = 1024
+    # Surface colours: "project" back-projects 48 renders onto the mesh (export.mesh.bake_views),
+    # "query" asks the representation (surface_colour) at each point; "auto": query for a mesh
+    # representation (its colour at its own triangles is exact), project otherwise.
+    bake: Literal["auto", "project", "query"] = "auto"
     resolution: int = 256  # of turntable frames and view images
     frames: int = 60  # turntable
     fps: int = 20
@@ -97,14 +101,18 @@ class Job:
     def meshes(self) -> dict:
         """suffix -> textured mesh, each with its fidelity against 8 orbit views, reported in
         mesh.json (a 4D run's lists its frames)."""
-        from threedgen.export.mesh import SurfaceError, fidelity, textured_mesh
+        from threedgen.export.mesh import SurfaceError, bake_views, fidelity, textured_mesh
+        from threedgen.representations.mesh import Mesh
         from threedgen.runs import atomic_write
 
-        o, meshes = self.opts, {}
+        o, meshes, c = self.opts, {}, self.cfg.system.camera
+        project = o.bake == "project" or (o.bake == "auto" and not isinstance(self.rep, Mesh))
+        views = bake_views(c.eval_distance, c.eval_fov_y) if project else None
         for suffix, time, rep in self.frames:
             try:
                 m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
-                                  max_faces=o.max_faces, texture_size=o.texture_size)
+                                  max_faces=o.max_faces, texture_size=o.texture_size,
+                                  cameras=views, background=self.background)
             except SurfaceError as e:
                 raise ExportError(f"mesh: {e}" + (f" (time {time:g})" if time is not None else "")) from None
             m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
