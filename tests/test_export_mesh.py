@@ -13,10 +13,9 @@ from scipy.ndimage import binary_dilation
 
 from tests.helpers import REPO
 from tests.test_fit import fit
-from threedgen.cameras import orbit
+from threedgen.cameras import make_cameras, orbit
 from threedgen.cli import main
 from threedgen.export import ExportConfig, ExportError, Job
-from threedgen.cameras import make_cameras
 from threedgen.export.mesh import (SurfaceError, bake_views, extract_surface, fidelity, projected_colours,
                                    textured_mesh, write_glb, write_obj, write_ply)
 from threedgen.export.views import normals_from_depth, transforms, view_cameras

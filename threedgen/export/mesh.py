@@ -177,12 +177,9 @@ def surface_colours(rep, verts: Tensor, faces: Tensor, points: Tensor, normals: 
     return rgb
 
 
-def bake_texture(rep, verts: np.ndarray, faces: np.ndarray, uv: np.ndarray, size: int,
-                 cameras: Cameras | None = None, background: Tensor | None = None) -> np.ndarray:
-    """[size, size, 3] uint8: the surface colour (``surface_colours``) at each texel centre's
-    surface point (the face's normal), then seam dilation (module doc)."""
-    from scipy.ndimage import distance_transform_edt
-
+def texel_points(verts: np.ndarray, faces: np.ndarray, uv: np.ndarray, size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The surface under each texel centre of a size^2 atlas: (filled [size * size] bool, the
+    filled texels' surface points [N, 3] and their faces' normals [N, 3])."""
     xy = texel_positions(uv, size)
     face_ids, bary = rasterize(xy, torch.ones(xy.shape[:2], dtype=xy.dtype), torch.from_numpy(faces),
                                size, size, near=0.0)
@@ -192,8 +189,13 @@ def bake_texture(rep, verts: np.ndarray, faces: np.ndarray, uv: np.ndarray, size
         raise SurfaceError("no surface: the texture atlas covers no texel")
     fid = face_ids[filled]
     v, f = torch.from_numpy(verts), torch.from_numpy(faces)
-    points = (bary[filled, :, None] * v[f[fid]]).sum(1)
-    colours = surface_colours(rep, v, f, points, face_normals(v, f)[fid], cameras, background)
+    return filled, (bary[filled, :, None] * v[f[fid]]).sum(1), face_normals(v, f)[fid]
+
+
+def fill_texture(filled: Tensor, colours: Tensor, size: int) -> np.ndarray:
+    """[size, size, 3] uint8 from the filled texels' colours [N, 3], then seam dilation (module doc)."""
+    from scipy.ndimage import distance_transform_edt
+
     texture = torch.zeros(size * size, 3).index_put((filled.nonzero().squeeze(-1),), colours)
     texture = texture.reshape(size, size, 3).numpy()
     _, (ii, jj) = distance_transform_edt(~filled.reshape(size, size).numpy(), return_indices=True)
@@ -208,13 +210,16 @@ def textured_mesh(rep, grid: int = 128, level: float | None = None, min_piece: f
                   max_faces: int = 0, texture_size: int = 1024, cameras: Cameras | None = None,
                   background: Tensor | None = None) -> TexturedMesh:
     """The representation as a textured, vertex-coloured mesh (module doc); ``cameras`` (with
-    ``background``): the views its colours are baked from (``bake_views``)."""
+    ``background``): the views its colours are baked from (``bake_views``). Vertices and texels
+    take their colours in one ``surface_colours`` call, so each view is rendered once."""
     verts, faces, info = extract_surface(rep, grid, level, min_piece, max_faces)
     verts, faces, uv = unwrap(verts, faces)
     v, f = torch.from_numpy(verts), torch.from_numpy(faces)
-    vertex_colors = to_uint8(surface_colours(rep, v, f, v, vertex_normals(v, f), cameras, background).numpy())
-    texture = bake_texture(rep, verts, faces, uv, texture_size, cameras, background)
-    return TexturedMesh(verts, faces, uv, texture, vertex_colors,
+    filled, texels, texel_normals = texel_points(verts, faces, uv, texture_size)
+    colours = surface_colours(rep, v, f, torch.cat([v, texels]), torch.cat([vertex_normals(v, f), texel_normals]),
+                              cameras, background)
+    return TexturedMesh(verts, faces, uv, fill_texture(filled, colours[len(v):], texture_size),
+                        to_uint8(colours[:len(v)].numpy()),
                         {**info, "verts": len(verts), "texture_size": texture_size,
                          "bake": "query" if cameras is None else f"{len(cameras)} views"})
 
