@@ -327,3 +327,45 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
             errors["shipped"] += (prior.unet(x_t, ts, text).sample - noise).square().mean().item()
             errors["start"] += (start(x_t, ts, text0).sample - noise).square().mean().item()
     assert errors["shipped"] < 0.9 * errors["start"], errors
+
+
+def test_timestep_shift_favours_high_noise_and_one_keeps_uniform():
+    from threedgen.priors.embedded.train import diffusion_loss
+
+    seen = []
+
+    class Unet(torch.nn.Module):  # records the timesteps it is asked at
+        def forward(self, x, t, text):
+            seen.append(t)
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    alphas = torch.linspace(0.999, 0.001, 1000)
+    draws = {}
+    for shift in (1.0, 2.0, 4.0):
+        seen.clear()
+        diffusion_loss(Unet(), alphas, torch.zeros(20000, 1), None, torch.Generator().manual_seed(0), timestep_shift=shift)
+        draws[shift] = seen[0].float()
+        assert seen[0].min() >= 0 and seen[0].max() <= 999
+    # density ~ t^(k - 1): mean T k / (k + 1)
+    for shift, t in draws.items():
+        assert abs(t.mean().item() - 1000 * shift / (shift + 1)) < 10, (shift, t.mean())
+
+
+def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rate():
+    from diffusers import UNet2DConditionModel
+
+    from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded.train import TrainConfig, is_temporal, optimise
+
+    unet = M.inflate(UNet2DConditionModel.from_config(M.build_unet().config))
+    temporal = [n for n, _ in unet.named_parameters() if is_temporal(n)]
+    assert temporal and all(("temp_" in n or n.startswith("transformer_in")) for n in temporal)
+    assert any(n.startswith("transformer_in.") for n in temporal) and any("temp_convs" in n for n in temporal)
+    assert not any(is_temporal(n) for n in ("down_blocks.0.attentions.0.proj_in.weight", "conv_in.weight"))
+
+    a, b = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
+    cfg = TrainConfig(steps=1, warmup=0, lr=0.1, ema_decay=0.0, save_every=10)
+    # AdamW's first step moves every parameter by ~lr (its scale) whatever the gradient's size
+    optimise(cfg, [a, b], lambda step: (a + b).sum(), lambda: None, 0.0, lr_scales=[1.0, 3.0])
+    moved = (1 - a.item(), 1 - b.item())
+    assert moved[1] == pytest.approx(3 * moved[0], rel=1e-3) and moved[0] > 0.05

@@ -129,6 +129,7 @@ def cmd_train_prior(args) -> int:
         if args.video:
             T.train_video(out, T.VideoTrainConfig(
                 steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
+                timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
                 **({"init_from": args.init_from} if args.init_from else {})))
         else:
             T.train_diffusion(out, T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed))
@@ -219,6 +220,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=0.0, help="with --video: peak learning rate (default 2e-4)")
     t.add_argument("--init-from", help="with --video: start from this image prior (default: the shipped one) "
                                        "or an earlier video prior's folder")
+    t.add_argument("--timestep-shift", type=float, default=1.0,
+                   help="with --video: draw t = T u^(1/k), k > 1 favouring high noise (default 1: uniform)")
+    t.add_argument("--temporal-lr-scale", type=float, default=1.0,
+                   help="with --video: learning-rate factor of the temporal layers (default 1)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
     t.set_defaults(func=cmd_train_prior)
 

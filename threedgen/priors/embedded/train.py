@@ -101,20 +101,31 @@ def text_features(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 
 def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Tensor,
-                   g: torch.Generator, **unet_kwargs) -> torch.Tensor:
-    """The epsilon-prediction loss at uniformly drawn timesteps; x0 [B, C, ...] (images or clips)."""
+                   g: torch.Generator, timestep_shift: float = 1.0, **unet_kwargs) -> torch.Tensor:
+    """The epsilon-prediction loss; x0 [B, C, ...] (images or clips). Timesteps are uniform, or
+    with ``timestep_shift`` k > 1 drawn as t = T u^(1/k) (density ~ t^(k-1)), which spends more
+    of the training on the high-noise steps where a sample's layout (and a clip's motion) is
+    decided."""
     noise = torch.randn(x0.shape, generator=g)
-    t = torch.randint(0, len(alphas), (len(x0),), generator=g)
+    if timestep_shift == 1.0:
+        t = torch.randint(0, len(alphas), (len(x0),), generator=g)
+    else:
+        u = torch.rand(len(x0), generator=g) ** (1.0 / timestep_shift)
+        t = (u * len(alphas)).long().clamp(max=len(alphas) - 1)
     a = alphas[t].view(-1, *[1] * (x0.dim() - 1))
     pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text, **unet_kwargs).sample
     return torch.nn.functional.mse_loss(pred, noise)
 
 
-def optimise(cfg: TrainConfig, params: list, loss_fn, save, t0: float) -> None:
+def optimise(cfg: TrainConfig, params: list, loss_fn, save, t0: float, lr_scales: list[float] | None = None) -> None:
     """AdamW with warmup + cosine decay, gradient clipping and an EMA of ``params``;
     ``loss_fn(step)`` gives the step's loss, ``save()`` writes the model (called with the EMA
-    weights swapped in) every ``cfg.save_every`` steps and at the end."""
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
+    weights swapped in) every ``cfg.save_every`` steps and at the end. ``lr_scales``: one factor
+    on the learning rate per parameter (default 1)."""
+    scales = lr_scales or [1.0] * len(params)
+    groups = [{"params": [p for p, k in zip(params, scales) if k == scale], "lr": cfg.lr * scale}
+              for scale in sorted(set(scales))]
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=1e-4)
     sched = get_cosine_schedule_with_warmup(opt, cfg.warmup, cfg.steps)
     ema = EMAModel(params, decay=cfg.ema_decay)
     bar = tqdm(range(1, cfg.steps + 1), desc="train-prior", mininterval=5)
@@ -188,6 +199,8 @@ class VideoTrainConfig(TrainConfig):
     clips_per_combination: int = 60
     frames: int = M.VIDEO_FRAMES
     init_from: str = str(Path(__file__).parent / "weights")
+    timestep_shift: float = 1.0  # see diffusion_loss
+    temporal_lr_scale: float = 1.0  # learning-rate factor of the temporal layers (is_temporal)
 
 
 def video_vocabulary() -> list[str]:
@@ -290,6 +303,11 @@ def extend_vocabulary(text_encoder, tokenizer, new_words: list[str], g: torch.Ge
     return text_encoder
 
 
+def is_temporal(name: str) -> bool:
+    """Whether a UNet3DConditionModel parameter belongs to a temporal layer (the ones inflation adds)."""
+    return name.startswith("transformer_in.") or ".temp_" in name
+
+
 def train_video(out: Path, cfg: VideoTrainConfig) -> None:
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
@@ -316,10 +334,14 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
         x0 = codec.encode(rgb).unflatten(0, (cfg.batch_size, T)).transpose(1, 2)  # [B, C, T, h, w]
         prompts = ["" if rng.random() < cfg.text_dropout else video_prompt(c, s, m, rng)
                    for c, (s, m) in zip(colours, combos)]
-        return diffusion_loss(unet, alphas, x0, text_features(tokenizer, text_encoder, prompts), g)
+        return diffusion_loss(unet, alphas, x0, text_features(tokenizer, text_encoder, prompts), g,
+                              timestep_shift=cfg.timestep_shift)
 
-    optimise(cfg, [*unet.parameters(), *text_encoder.parameters()], loss_fn,
-             lambda: save_video_pipeline(out, unet, text_encoder, tokenizer, cfg), t0)
+    named = list(unet.named_parameters())
+    scales = [cfg.temporal_lr_scale if is_temporal(n) else 1.0 for n, _ in named]
+    scales += [1.0] * len(list(text_encoder.parameters()))
+    optimise(cfg, [*(p for _, p in named), *text_encoder.parameters()], loss_fn,
+             lambda: save_video_pipeline(out, unet, text_encoder, tokenizer, cfg), t0, lr_scales=scales)
 
 
 class ema_weights:
