@@ -369,3 +369,33 @@ def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rat
     optimise(cfg, [a, b], lambda step: (a + b).sum(), lambda: None, 0.0, lr_scales=[1.0, 3.0])
     moved = (1 - a.item(), 1 - b.item())
     assert moved[1] == pytest.approx(3 * moved[0], rel=1e-3) and moved[0] > 0.05
+
+
+def test_high_noise_weight_is_inverse_snr_clamped():
+    from threedgen.priors.embedded.train import diffusion_loss
+
+    class Zero(torch.nn.Module):  # predicts no noise: the loss is the weighted mean of noise^2
+        def forward(self, x, t, text):
+            self.t = t
+            return type("Out", (), {"sample": torch.zeros_like(x)})()
+
+    alphas = torch.linspace(0.999, 0.001, 1000)
+    unet = Zero()
+    plain = diffusion_loss(unet, alphas, torch.zeros(64, 3), None, torch.Generator().manual_seed(0))
+    weighted = diffusion_loss(unet, alphas, torch.zeros(64, 3), None, torch.Generator().manual_seed(0), max_weight=8.0)
+    noise = torch.randn(64, 3, generator=torch.Generator().manual_seed(0))
+    w = ((1 - alphas[unet.t]) / alphas[unet.t]).clamp(1, 8)
+    assert plain.item() == pytest.approx(noise.square().mean().item(), rel=1e-5)
+    assert weighted.item() == pytest.approx((w * noise.square().mean(1)).mean().item(), rel=1e-5)
+    assert w.min() == 1 and w.max() == 8  # both clamps are reached over 64 uniform timesteps
+
+
+def test_clip_times_from_phase_zero_or_random():
+    from threedgen.priors.embedded.train import clip_times
+
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(clip_times(3, 8, g, random_phase=False), (torch.arange(8) / 8).expand(3, 8))
+    t = clip_times(200, 8, g)
+    steps = (t.diff(dim=1) % 1.0)
+    assert torch.allclose(steps, torch.full_like(steps, 1 / 8), atol=1e-6)
+    assert t[:, 0].std() > 0.2  # phases spread over the period

@@ -111,3 +111,35 @@ def test_ddim_samples_show_the_prompt(prior):
     shapes, colours = classifier.predict(samples)
     right = sum(s == ps and c == pc for s, c, (ps, pc) in zip(shapes, colours, combos))
     assert right >= 0.8 * len(combos), list(zip(shapes, colours))
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddim_sample_reaches_the_data_point_whatever_the_unet_predicts(prediction_type):
+    """A prior whose (converted) noise prediction is exact for one data point x0: DDIM must land
+    on x0 for an epsilon- and a v-predicting scheduler config alike (predict_noise always
+    returns epsilon, so the sampler must not re-read it as v)."""
+    from diffusers import DDPMScheduler
+
+    from threedgen.guidance.base import Conditioning
+    from threedgen.priors.sampling import ddim_sample
+
+    x0 = torch.full((1, 3, 4, 4), 0.8)
+
+    class Perfect:
+        video, resolution, world = False, 4, {}
+        scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type=prediction_type)
+        alphas_cumprod = scheduler.alphas_cumprod
+
+        def encode_images(self, rgb):
+            return rgb
+
+        def decode(self, x):
+            return x
+
+        def predict_noise(self, x_t, t, text, camera):
+            a = self.alphas_cumprod[t].view(-1, 1, 1, 1)
+            return (x_t - a.sqrt() * x0) / (1 - a).sqrt()
+
+    cond = Conditioning(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), None, None)
+    out = ddim_sample(Perfect(), cond, 3.0, 5, torch.Generator().manual_seed(0))
+    assert (out - x0).abs().max() < 0.05, (out - x0).abs().max()  # DDIM stops at t = 0, not at abar = 1

@@ -130,6 +130,9 @@ def cmd_train_prior(args) -> int:
             T.train_video(out, T.VideoTrainConfig(
                 steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
                 timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
+                max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
+                prediction_type=args.prediction_type,
+                **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
                 **({"init_from": args.init_from} if args.init_from else {})))
         else:
             T.train_diffusion(out, T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed))
@@ -224,6 +227,12 @@ def parser() -> argparse.ArgumentParser:
                    help="with --video: draw t = T u^(1/k), k > 1 favouring high noise (default 1: uniform)")
     t.add_argument("--temporal-lr-scale", type=float, default=1.0,
                    help="with --video: learning-rate factor of the temporal layers (default 1)")
+    t.add_argument("--max-loss-weight", type=float, default=1.0,
+                   help="with --video: weight each sample's loss by 1/SNR(t), clamped to [1, this] (default 1: off)")
+    t.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon",
+                   help="with --video: what the UNet predicts (default epsilon)")
+    t.add_argument("--fixed-phase", action="store_true", help="with --video: every training clip starts at phase 0")
+    t.add_argument("--ema-decay", type=float, default=0.0, help="EMA decay of the saved weights (default 0.999)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
     t.set_defaults(func=cmd_train_prior)
 

@@ -25,8 +25,9 @@ def ddim_sample(prior, cond: Conditioning, guidance_scale: float = 3.0, steps: i
     a model to read the data's faint mean from x_T; started from pure noise it then drifts. The
     embedded prior, from pure noise, draws tinted backgrounds and checkerboard noise, yet started
     at t = 850 from the mean image its samples are right (``threedgen check-prior``)."""
+    # guided_noise gives epsilon whatever the UNet predicts (v-prediction is converted)
     scheduler = DDIMScheduler.from_config(prior.scheduler.config, clip_sample=False,
-                                          set_alpha_to_one=False)
+                                          set_alpha_to_one=False, prediction_type="epsilon")
     scheduler.set_timesteps(steps)
     timesteps = [t for t in scheduler.timesteps if t_start is None or t <= t_start]
     B = cond.text.shape[0]

@@ -162,16 +162,18 @@ class ClipClassifier(ModelMixin, ConfigMixin):
                      for names, logits in zip((c.shapes, c.colours, c.motions), self(clips)))
 
 
-def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60.0), distance=(2.6, 3.0)):
+def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60.0), distance=(2.6, 3.0),
+               random_phase: bool = True):
     """n random clips of every (shape, motion) the video prior learns, in red ->
-    (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still))."""
+    (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still));
+    random_phase: see ``train.clip_times``."""
     from threedgen.priors.embedded.train import clip_times, render_clips, video_combinations
 
     combos = video_combinations()
     pick = torch.randint(len(combos), (n,), generator=g).tolist()
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
     cams = make_cameras(u(*elevation), u(0.0, 360.0), u(*distance), 30.0, 32)
-    r = render_clips([combos[k] for k in pick], cams, clip_times(n, frames, g))
+    r = render_clips([combos[k] for k in pick], cams, clip_times(n, frames, g, random_phase))
     motions = (STILL, *world.MOTIONS)
     shape_ids = torch.tensor([world.SHAPES.index(combos[k][0]) for k in pick])
     motion_ids = torch.tensor([motions.index(combos[k][1] or STILL) for k in pick])

@@ -126,6 +126,6 @@ def inflate(image_unet: UNet2DConditionModel) -> UNet3DConditionModel:
     return video
 
 
-def build_scheduler() -> DDPMScheduler:
+def build_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
     return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
-                         prediction_type="epsilon", clip_sample=False)
+                         prediction_type=prediction_type, clip_sample=False)

@@ -101,11 +101,18 @@ def text_features(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 
 def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Tensor,
-                   g: torch.Generator, timestep_shift: float = 1.0, **unet_kwargs) -> torch.Tensor:
-    """The epsilon-prediction loss; x0 [B, C, ...] (images or clips). Timesteps are uniform, or
-    with ``timestep_shift`` k > 1 drawn as t = T u^(1/k) (density ~ t^(k-1)), which spends more
-    of the training on the high-noise steps where a sample's layout (and a clip's motion) is
-    decided."""
+                   g: torch.Generator, timestep_shift: float = 1.0, max_weight: float = 1.0,
+                   prediction_type: str = "epsilon", **unet_kwargs) -> torch.Tensor:
+    """The diffusion loss of an epsilon- or v-predicting UNet (v = sqrt(abar) eps - sqrt(1 - abar) x0);
+    x0 [B, C, ...] (images or clips).
+
+    timestep_shift k: timesteps are uniform (k = 1) or drawn as t = T u^(1/k) (density ~ t^(k-1)),
+    which spends more of the training on the high-noise steps.
+    max_weight g: each sample's loss is weighted by clamp(1 / SNR(t), 1, g) (g = 1: unweighted).
+    An epsilon error e at t is an x0 error e / sqrt(SNR), so the plain loss all but ignores x0 at
+    high noise, exactly where a clip's layout and motion are decided and where x_t no longer
+    shows them: only the prompt can (see docs/video-prior.md). v-prediction has the same cure
+    built in: near t = T its target is -x0 itself, at small t it is epsilon."""
     noise = torch.randn(x0.shape, generator=g)
     if timestep_shift == 1.0:
         t = torch.randint(0, len(alphas), (len(x0),), generator=g)
@@ -114,7 +121,11 @@ def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Ten
         t = (u * len(alphas)).long().clamp(max=len(alphas) - 1)
     a = alphas[t].view(-1, *[1] * (x0.dim() - 1))
     pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text, **unet_kwargs).sample
-    return torch.nn.functional.mse_loss(pred, noise)
+    target = a.sqrt() * noise - (1 - a).sqrt() * x0 if prediction_type == "v_prediction" else noise
+    if max_weight == 1.0:
+        return torch.nn.functional.mse_loss(pred, target)
+    weight = ((1 - alphas[t]) / alphas[t]).clamp(1.0, max_weight)  # 1 / SNR, clamped
+    return (weight * (pred - target).square().flatten(1).mean(1)).mean()
 
 
 def optimise(cfg: TrainConfig, params: list, loss_fn, save, t0: float, lr_scales: list[float] | None = None) -> None:
@@ -200,6 +211,13 @@ class VideoTrainConfig(TrainConfig):
     frames: int = M.VIDEO_FRAMES
     init_from: str = str(Path(__file__).parent / "weights")
     timestep_shift: float = 1.0  # see diffusion_loss
+    max_loss_weight: float = 1.0  # see diffusion_loss
+    random_phase: bool = True  # False: every clip starts at phase 0 (see clip_times)
+    prediction_type: str = "epsilon"  # or "v_prediction" (see diffusion_loss)
+
+    def __post_init__(self):
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type must be epsilon or v_prediction, not {self.prediction_type!r}")
     temporal_lr_scale: float = 1.0  # learning-rate factor of the temporal layers (is_temporal)
 
 
@@ -221,9 +239,13 @@ def video_prompt(colour: str, shape: str, motion: str | None, rng: random.Random
     return " ".join([rng.choice(M.ARTICLES), colour, word, *([motion] if motion else [])])
 
 
-def clip_times(n: int, frames: int, g: torch.Generator) -> torch.Tensor:
-    """[n, frames] times of n clips: consecutive frames 1/frames apart from a random phase."""
-    return (torch.rand(n, 1, generator=g) + torch.arange(frames) / frames) % 1.0
+def clip_times(n: int, frames: int, g: torch.Generator, random_phase: bool = True) -> torch.Tensor:
+    """[n, frames] times of n clips: consecutive frames 1/frames apart from a random phase, or
+    from phase 0. With phase 0 a motion is the same function of the frame index in every clip,
+    so a prior can draw it from the prompt alone at high noise instead of averaging over phases
+    (a smeared object)."""
+    phase = torch.rand(n, 1, generator=g) if random_phase else torch.zeros(n, 1)
+    return (phase + torch.arange(frames) / frames) % 1.0
 
 
 def render_clips(combos: list[tuple[str, str | None]], cameras, times: torch.Tensor):
@@ -244,7 +266,7 @@ def render_video_dataset(cfg: VideoTrainConfig, g: torch.Generator) -> dict:
         for start in range(0, cfg.clips_per_combination, 20):
             n = min(20, cfg.clips_per_combination - start)
             cams = random_cameras(n, cfg, g)
-            r = render_clips([combo] * n, cams, clip_times(n, cfg.frames, g))
+            r = render_clips([combo] * n, cams, clip_times(n, cfg.frames, g, cfg.random_phase))
             lum.append(r.luminance.unflatten(0, (n, cfg.frames)))
             alpha.append(r.alpha.unflatten(0, (n, cfg.frames)))
             index.append(torch.full((n,), k))
@@ -258,7 +280,7 @@ def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrai
     copy.deepcopy(unet).half().save_pretrained(out / "unet")
     text_encoder.save_pretrained(out / "text_encoder")
     tokenizer.save_pretrained(out / "tokenizer")
-    M.build_scheduler().save_pretrained(out / "scheduler")
+    M.build_scheduler(cfg.prediction_type).save_pretrained(out / "scheduler")
     M.PixelShuffleCodec(factor=M.VIDEO_FACTOR).save_pretrained(out / "vae")
     meta = {"vocabulary": video_vocabulary(), "shapes": list(world.SHAPES), "colours": list(world.COLOURS),
             "motions": list(world.MOTIONS), "synonyms": world.SYNONYMS, "frames": cfg.frames,
@@ -335,7 +357,8 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
         prompts = ["" if rng.random() < cfg.text_dropout else video_prompt(c, s, m, rng)
                    for c, (s, m) in zip(colours, combos)]
         return diffusion_loss(unet, alphas, x0, text_features(tokenizer, text_encoder, prompts), g,
-                              timestep_shift=cfg.timestep_shift)
+                              timestep_shift=cfg.timestep_shift, max_weight=cfg.max_loss_weight,
+                              prediction_type=cfg.prediction_type)
 
     named = list(unet.named_parameters())
     scales = [cfg.temporal_lr_scale if is_temporal(n) else 1.0 for n, _ in named]
