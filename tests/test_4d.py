@@ -399,3 +399,28 @@ def test_clip_times_from_phase_zero_or_random():
     steps = (t.diff(dim=1) % 1.0)
     assert torch.allclose(steps, torch.full_like(steps, 1 / 8), atol=1e-6)
     assert t[:, 0].std() > 0.2  # phases spread over the period
+
+
+def test_temporal_loss_counts_only_errors_that_change_between_frames():
+    from threedgen.priors.embedded.train import diffusion_loss
+
+    class Fixed(torch.nn.Module):  # predicts the drawn noise plus a chosen error
+        def __init__(self, error):
+            super().__init__()
+            self.error = error
+
+        def forward(self, x, t, text):
+            noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+            return type("Out", (), {"sample": noise + self.error})()
+
+    alphas = torch.linspace(0.999, 0.001, 1000)
+    x0 = torch.zeros(2, 3, 4, 5, 5)  # [B, C, T, h, w]
+    same = torch.full_like(x0, 0.5)  # the same error in every frame
+    moving = torch.zeros_like(x0)
+    moving[:, :, ::2] = 1.0  # an error in every other frame: each frame-to-frame difference is +-1
+    for error, extra in ((same, 0.0), (moving, 1.0)):
+        g = lambda: torch.Generator().manual_seed(0)  # noqa: E731  (Fixed draws the same noise as the loss)
+        plain = diffusion_loss(Fixed(error), alphas, x0, None, g())
+        temporal = diffusion_loss(Fixed(error), alphas, x0, None, g(), temporal_weight=2.0)
+        assert plain.item() == pytest.approx(error.square().mean().item(), rel=1e-5)
+        assert temporal.item() == pytest.approx(plain.item() + 2.0 * extra, rel=1e-5)

@@ -131,7 +131,7 @@ def cmd_train_prior(args) -> int:
                 steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
                 timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
                 max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
-                prediction_type=args.prediction_type,
+                prediction_type=args.prediction_type, temporal_loss_weight=args.temporal_loss_weight,
                 **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
                 **({"init_from": args.init_from} if args.init_from else {})))
         else:
@@ -231,6 +231,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with --video: weight each sample's loss by 1/SNR(t), clamped to [1, this] (default 1: off)")
     t.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon",
                    help="with --video: what the UNet predicts (default epsilon)")
+    t.add_argument("--temporal-loss-weight", type=float, default=0.0,
+                   help="with --video: weight of the frame-to-frame difference of the error (default 0: off)")
     t.add_argument("--fixed-phase", action="store_true", help="with --video: every training clip starts at phase 0")
     t.add_argument("--ema-decay", type=float, default=0.0, help="EMA decay of the saved weights (default 0.999)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")

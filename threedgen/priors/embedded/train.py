@@ -102,7 +102,8 @@ def text_features(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Tensor,
                    g: torch.Generator, timestep_shift: float = 1.0, max_weight: float = 1.0,
-                   prediction_type: str = "epsilon", **unet_kwargs) -> torch.Tensor:
+                   prediction_type: str = "epsilon", temporal_weight: float = 0.0,
+                   **unet_kwargs) -> torch.Tensor:
     """The diffusion loss of an epsilon- or v-predicting UNet (v = sqrt(abar) eps - sqrt(1 - abar) x0);
     x0 [B, C, ...] (images or clips).
 
@@ -112,7 +113,11 @@ def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Ten
     An epsilon error e at t is an x0 error e / sqrt(SNR), so the plain loss all but ignores x0 at
     high noise, exactly where a clip's layout and motion are decided and where x_t no longer
     shows them: only the prompt can (see docs/video-prior.md). v-prediction has the same cure
-    built in: near t = T its target is -x0 itself, at small t it is epsilon."""
+    built in: near t = T its target is -x0 itself, at small t it is epsilon.
+    temporal_weight l (clips [B, C, T, h, w] only): adds l * mean |e[:, :, k+1] - e[:, :, k]|^2 of
+    the prediction error e. An error that is the same in every frame (appearance) adds nothing;
+    an error that changes from frame to frame (a motion the UNet did not draw) is counted again,
+    so the loss stops being dominated by appearance, which the image prior already knows."""
     noise = torch.randn(x0.shape, generator=g)
     if timestep_shift == 1.0:
         t = torch.randint(0, len(alphas), (len(x0),), generator=g)
@@ -122,10 +127,14 @@ def diffusion_loss(unet, alphas: torch.Tensor, x0: torch.Tensor, text: torch.Ten
     a = alphas[t].view(-1, *[1] * (x0.dim() - 1))
     pred = unet(a.sqrt() * x0 + (1 - a).sqrt() * noise, t, text, **unet_kwargs).sample
     target = a.sqrt() * noise - (1 - a).sqrt() * x0 if prediction_type == "v_prediction" else noise
+    err = pred - target
+    per_sample = err.square().flatten(1).mean(1)
+    if temporal_weight:
+        per_sample = per_sample + temporal_weight * err.diff(dim=2).square().flatten(1).mean(1)
     if max_weight == 1.0:
-        return torch.nn.functional.mse_loss(pred, target)
+        return per_sample.mean()
     weight = ((1 - alphas[t]) / alphas[t]).clamp(1.0, max_weight)  # 1 / SNR, clamped
-    return (weight * (pred - target).square().flatten(1).mean(1)).mean()
+    return (weight * per_sample).mean()
 
 
 def optimise(cfg: TrainConfig, params: list, loss_fn, save, t0: float, lr_scales: list[float] | None = None) -> None:
@@ -214,6 +223,7 @@ class VideoTrainConfig(TrainConfig):
     max_loss_weight: float = 1.0  # see diffusion_loss
     random_phase: bool = True  # False: every clip starts at phase 0 (see clip_times)
     prediction_type: str = "epsilon"  # or "v_prediction" (see diffusion_loss)
+    temporal_loss_weight: float = 0.0  # see diffusion_loss
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -358,7 +368,7 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
                    for c, (s, m) in zip(colours, combos)]
         return diffusion_loss(unet, alphas, x0, text_features(tokenizer, text_encoder, prompts), g,
                               timestep_shift=cfg.timestep_shift, max_weight=cfg.max_loss_weight,
-                              prediction_type=cfg.prediction_type)
+                              prediction_type=cfg.prediction_type, temporal_weight=cfg.temporal_loss_weight)
 
     named = list(unet.named_parameters())
     scales = [cfg.temporal_lr_scale if is_temporal(n) else 1.0 for n, _ in named]
