@@ -424,3 +424,16 @@ def test_temporal_loss_counts_only_errors_that_change_between_frames():
         temporal = diffusion_loss(Fixed(error), alphas, x0, None, g(), temporal_weight=2.0)
         assert plain.item() == pytest.approx(error.square().mean().item(), rel=1e-5)
         assert temporal.item() == pytest.approx(plain.item() + 2.0 * extra, rel=1e-5)
+
+
+def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrained_video_prior):
+    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.priors.embedded.check import motion_prompt_gain
+
+    prior = DiffusionPrior.from_pretrained(untrained_video_prior)
+    gain = motion_prompt_gain(prior, n=8, timesteps=(500, 900))
+    assert set(gain) == {500, 900} and all(-1 < g < 1 for g in gain.values())
+    # the same prediction whatever the prompt: the motion word gains nothing
+    still = prior.encode_prompts(["a red cube"])
+    prior.predict_noise = lambda x, t, text, cam, f=prior.predict_noise: f(x, t, still.expand(len(x), -1, -1), cam)
+    assert motion_prompt_gain(prior, n=8, timesteps=(500, 900)) == {500: 0.0, 900: 0.0}

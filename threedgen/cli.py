@@ -234,7 +234,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--temporal-loss-weight", type=float, default=0.0,
                    help="with --video: weight of the frame-to-frame difference of the error (default 0: off)")
     t.add_argument("--fixed-phase", action="store_true", help="with --video: every training clip starts at phase 0")
-    t.add_argument("--ema-decay", type=float, default=0.0, help="EMA decay of the saved weights (default 0.999)")
+    t.add_argument("--ema-decay", type=float, default=0.0, help="with --video: EMA decay of the saved weights (default 0.999)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
     t.set_defaults(func=cmd_train_prior)
 
