@@ -152,16 +152,23 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
 
 
 # --- the video prior (``threedgen check-prior --video``) -------------------------------------------
-def clip_mean_latent(prior: DiffusionPrior, n: int = 96, seed: int = 0) -> Tensor:
-    """[1, C, T, h, w]: the mean encoded training clip, for ``ddim_sample``'s truncated start."""
+def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase: bool = True):
+    """n random world clips (``clip_batch``) in random colours, encoded -> (x0 [n, C, T, h, w],
+    shape ids [n], motion ids [n] (0 = still), colour names)."""
     from threedgen.priors.embedded.classifier import clip_batch
 
-    g = torch.Generator().manual_seed(seed)
     frames = prior.world["frames"]
-    r, _, _ = clip_batch(n, g, frames)
-    colours = world.colour_tensor([list(world.COLOURS)[i] for i in torch.randint(len(world.COLOURS), (n,), generator=g)])
-    rgb = world.colourize(r.luminance, r.alpha, colours.repeat_interleave(frames, 0))
-    return prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2)).mean(0, keepdim=True)
+    r, shapes, motions = clip_batch(n, g, frames, random_phase=random_phase)
+    names = list(world.COLOURS)
+    colours = [names[i] for i in torch.randint(len(names), (n,), generator=g)]
+    rgb = world.colourize(r.luminance, r.alpha, world.colour_tensor(colours).repeat_interleave(frames, 0))
+    return prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2)), shapes, motions, colours
+
+
+def clip_mean_latent(prior: DiffusionPrior, n: int = 96, seed: int = 0) -> Tensor:
+    """[1, C, T, h, w]: the mean encoded training clip, for ``ddim_sample``'s truncated start."""
+    x0, _, _, _ = world_clips(prior, n, torch.Generator().manual_seed(seed))
+    return x0.mean(0, keepdim=True)
 
 
 @torch.no_grad()
@@ -171,22 +178,16 @@ def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 
     the mean squared x0 error with the prompt naming the clip's motion (e_true) or none
     (e_still). 0: the prior ignores the motion words; the word matters where x_t no longer shows
     the motion, at high noise."""
-    from threedgen.priors.embedded.classifier import clip_batch
     from threedgen.priors.embedded.train import video_prompt
 
-    g = torch.Generator().manual_seed(seed)
-    frames = prior.world["frames"]
     random_phase = prior.world.get("training", {}).get("random_phase", True)
-    r, shapes, motions = clip_batch(n, g, frames, random_phase=random_phase)
-    keep = (motions > 0).nonzero().squeeze(-1)
-    names = list(world.COLOURS)
-    colours = [names[i] for i in torch.randint(len(names), (n,), generator=g)]
-    rgb = world.colourize(r.luminance, r.alpha, world.colour_tensor(colours).repeat_interleave(frames, 0))
-    x0 = prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2))[keep]
-    shapes_, colours_ = [world.SHAPES[shapes[k]] for k in keep], [colours[k] for k in keep]
-    moving = [world.MOTIONS[motions[k] - 1] for k in keep]
+    g = torch.Generator().manual_seed(seed)
+    x0, shapes, motions, colours = world_clips(prior, n, g, random_phase)
+    keep = (motions > 0).nonzero().squeeze(-1).tolist()
+    x0 = x0[keep]
+    clips = [(colours[k], world.SHAPES[shapes[k]], world.MOTIONS[motions[k] - 1]) for k in keep]
     texts = {kind: prior.encode_prompts([video_prompt(c, s, m if kind == "true" else None, random.Random(0))
-                                         for c, s, m in zip(colours_, shapes_, moving)])
+                                         for c, s, m in clips])
              for kind in ("true", "still")}
     gain = {}
     for t in timesteps:

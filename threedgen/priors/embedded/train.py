@@ -224,11 +224,11 @@ class VideoTrainConfig(TrainConfig):
     random_phase: bool = True  # False: every clip starts at phase 0 (see clip_times)
     prediction_type: str = "epsilon"  # or "v_prediction" (see diffusion_loss)
     temporal_loss_weight: float = 0.0  # see diffusion_loss
+    temporal_lr_scale: float = 1.0  # learning-rate factor of the temporal layers (is_temporal)
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, not {self.prediction_type!r}")
-    temporal_lr_scale: float = 1.0  # learning-rate factor of the temporal layers (is_temporal)
 
 
 def video_vocabulary() -> list[str]:
