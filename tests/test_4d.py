@@ -247,10 +247,14 @@ def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
     train_video(tmp_path / "v", VideoTrainConfig(steps=2, batch_size=2, clips_per_combination=1, save_every=2))
     # ... and on from that folder (an earlier video prior is loaded as it is, not re-inflated)
     train_video(tmp_path / "v2", VideoTrainConfig(steps=1, batch_size=2, clips_per_combination=1, save_every=1,
-                                                  warmup=0, init_from=str(tmp_path / "v")))
+                                                  warmup=0, init_from=str(tmp_path / "v"), snr_shift=2.0,
+                                                  prediction_type="v_prediction"))
     first, second = (DiffusionPrior.from_pretrained(tmp_path / f) for f in ("v", "v2"))
     diff = [(a - b).abs().max() for a, b in zip(first.unet.parameters(), second.unet.parameters())]
     assert 0 < max(diff) < 0.05  # one small step away
+    assert second.scheduler.config.prediction_type == "v_prediction"  # the schedule it was trained on
+    snr = lambda a: a[500] / (1 - a[500])  # noqa: E731
+    assert snr(first.alphas_cumprod) / snr(second.alphas_cumprod) == pytest.approx(4.0, rel=1e-3)
     prior = first
     assert prior.video and prior.world["frames"] == 8 and "bouncing" in prior.vocabulary
     x = prior.encode_images(torch.rand(1, 3, 8, 32, 32))
@@ -265,9 +269,8 @@ def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
 
 def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
     """model.inflate: on noised world renders, the video UNet's noise prediction at init is the
-    image prior's (null camera) on every frame, up to the 4x4-level attention's head split
-    (diffusers' 3D blocks split heads by size, its 2D blocks by count); temporal layers are the
-    identity. A copy with random temporal output layers is a control that the test can fail."""
+    image prior's (null camera) on every frame: the motion modules are the identity. A copy with
+    random motion-module output layers is a control that the test can fail."""
     from diffusers import UNet2DConditionModel
 
     from threedgen.priors.diffusion import EMBEDDED_PATH
@@ -285,14 +288,15 @@ def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
     with torch.no_grad():
         per_frame = image(x_t, torch.full((8,), 400), text.expand(8, -1, -1),
                           class_labels=torch.zeros(8, M.CAMERA_DIM)).sample
-        clip = video(x_t.transpose(0, 1)[None], torch.tensor([400]), text).sample[0].transpose(0, 1)
+        clip_text = M.frame_text(video, text, 8)
+        clip = video(x_t.transpose(0, 1)[None], torch.tensor([400]), clip_text).sample[0].transpose(0, 1)
         for key, p in video.named_parameters():
-            if ".temp_attentions." in key and ".proj_out." in key:
+            if "motion_modules." in key and ".proj_out." in key:
                 p.normal_(0, 0.05, generator=g)
-        control = video(x_t.transpose(0, 1)[None], torch.tensor([400]), text).sample[0].transpose(0, 1)
+        control = video(x_t.transpose(0, 1)[None], torch.tensor([400]), clip_text).sample[0].transpose(0, 1)
     err = lambda eps: (eps - noise).square().mean().item()  # noqa: E731
-    assert abs(err(clip) - err(per_frame)) < 0.02 * err(per_frame)
-    assert (clip - per_frame).abs().mean() < 0.05 * per_frame.abs().mean()
+    assert abs(err(clip) - err(per_frame)) < 0.001 * err(per_frame)
+    assert (clip - per_frame).abs().mean() < 0.001 * per_frame.abs().mean()
     assert (control - per_frame).abs().mean() > 4 * (clip - per_frame).abs().mean()
 
 
@@ -324,9 +328,25 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
         noise = torch.randn(clips.shape, generator=g)
         x_t, ts = a.sqrt() * clips + (1 - a).sqrt() * noise, torch.full((4,), t)
         with torch.no_grad():
-            errors["shipped"] += (prior.unet(x_t, ts, text).sample - noise).square().mean().item()
-            errors["start"] += (start(x_t, ts, text0).sample - noise).square().mean().item()
+            errors["shipped"] += (prior.predict_noise(x_t, ts, text, None) - noise).square().mean().item()
+            errors["start"] += (start(x_t, ts, M.frame_text(start, text0, 8)).sample - noise).square().mean().item()
     assert errors["shipped"] < 0.9 * errors["start"], errors
+
+
+def test_snr_shift_divides_the_schedules_snr_and_loads_as_a_diffusers_scheduler(tmp_path):
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    from threedgen.priors.embedded import model as M
+
+    plain = M.build_scheduler()
+    assert plain.config.trained_betas is None  # k = 1: diffusers' own squaredcos schedule
+    M.build_scheduler("v_prediction", 4.0).save_pretrained(tmp_path)
+    shifted = DDPMScheduler.from_pretrained(tmp_path)
+    snr = lambda a: a.double() / (1 - a.double())  # noqa: E731
+    ratio = snr(plain.alphas_cumprod) / snr(shifted.alphas_cumprod)
+    assert torch.allclose(ratio[:999], torch.full((999,), 16.0, dtype=torch.float64), rtol=1e-3)
+    assert shifted.config.prediction_type == "v_prediction"
+    assert torch.equal(DDIMScheduler.from_config(shifted.config).alphas_cumprod, shifted.alphas_cumprod)
 
 
 def test_timestep_shift_favours_high_noise_and_one_keeps_uniform():
@@ -358,9 +378,11 @@ def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rat
     from threedgen.priors.embedded.train import TrainConfig, is_temporal, optimise
 
     unet = M.inflate(UNet2DConditionModel.from_config(M.build_unet().config))
-    temporal = [n for n, _ in unet.named_parameters() if is_temporal(n)]
-    assert temporal and all(("temp_" in n or n.startswith("transformer_in")) for n in temporal)
-    assert any(n.startswith("transformer_in.") for n in temporal) and any("temp_convs" in n for n in temporal)
+    names = [n for n, _ in unet.named_parameters()]
+    temporal = [n for n in names if is_temporal(n)]
+    assert temporal == [n for n in names if "motion_modules." in n]
+    assert any(n.startswith("mid_block.") for n in temporal) and any(n.startswith("up_blocks.") for n in temporal)
+    assert is_temporal("transformer_in.proj_in.weight") and is_temporal("down_blocks.0.temp_convs.0.conv1.0.weight")
     assert not any(is_temporal(n) for n in ("down_blocks.0.attentions.0.proj_in.weight", "conv_in.weight"))
 
     a, b = torch.nn.Parameter(torch.ones(1)), torch.nn.Parameter(torch.ones(1))
@@ -437,3 +459,19 @@ def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrai
     still = prior.encode_prompts(["a red cube"])
     prior.predict_noise = lambda x, t, text, cam, f=prior.predict_noise: f(x, t, still.expand(len(x), -1, -1), cam)
     assert motion_prompt_gain(prior, n=8, timesteps=(500, 900)) == {500: 0.0, 900: 0.0}
+
+
+@pytest.mark.parametrize("option, value, rule", [("--timestep-shift", "0", "timestep_shift > 0"),
+                                                  ("--max-loss-weight", "0.5", "max_loss_weight >= 1"),
+                                                  ("--temporal-loss-weight", "-1", "temporal_loss_weight >= 0"),
+                                                  ("--temporal-lr-scale", "0", "temporal_lr_scale > 0"),
+                                                  ("--ema-decay", "1.5", "0 <= ema_decay < 1"),
+                                                  ("--clips", "-2", "clips_per_combination >= 1"),
+                                                  ("--snr-shift", "0.5", "snr_shift >= 1")])
+def test_bad_video_training_options_are_one_line_errors_before_anything_is_written(tmp_path, capsys, option,
+                                                                                  value, rule):
+    out = tmp_path / "run"
+    assert main(["train-prior", "--video", "--out", str(out), option, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and rule in err, err
+    assert not out.exists()

@@ -119,6 +119,20 @@ def cmd_train_prior(args) -> int:
     from threedgen.priors.embedded import classifier as K
     from threedgen.priors.embedded import train as T
 
+    video_cfg = None
+    if args.video:
+        try:  # validated before anything is written
+            video_cfg = T.VideoTrainConfig(
+                steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
+                timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
+                max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
+                prediction_type=args.prediction_type, temporal_loss_weight=args.temporal_loss_weight,
+                clips_per_combination=args.clips or T.VideoTrainConfig.clips_per_combination,
+                snr_shift=args.snr_shift,
+                **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
+                **({"init_from": args.init_from} if args.init_from else {}))
+        except ValueError as e:
+            raise UserError(f"train-prior --video: {e}") from e
     out = Path(args.out or ("prior-training/video" if args.video else "prior-training/weights"))
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -127,13 +141,7 @@ def cmd_train_prior(args) -> int:
         torch.set_num_threads(args.threads)
     if args.part in ("all", "diffusion"):
         if args.video:
-            T.train_video(out, T.VideoTrainConfig(
-                steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
-                timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
-                max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
-                prediction_type=args.prediction_type, temporal_loss_weight=args.temporal_loss_weight,
-                **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
-                **({"init_from": args.init_from} if args.init_from else {})))
+            T.train_video(out, video_cfg)
         else:
             T.train_diffusion(out, T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed))
     if args.part in ("all", "classifier"):
@@ -235,6 +243,10 @@ def parser() -> argparse.ArgumentParser:
                    help="with --video: weight of the frame-to-frame difference of the error (default 0: off)")
     t.add_argument("--fixed-phase", action="store_true", help="with --video: every training clip starts at phase 0")
     t.add_argument("--ema-decay", type=float, default=0.0, help="with --video: EMA decay of the saved weights (default 0.999)")
+    t.add_argument("--snr-shift", type=float, default=1.0,
+                   help="with --video: divide the noise schedule's SNR by this squared (default 1: the plain cosine)")
+    t.add_argument("--clips", type=int, default=0,
+                   help="with --video: training clips rendered per shape and motion (default 60)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
     t.set_defaults(func=cmd_train_prior)
 

@@ -10,8 +10,9 @@ One loader serves every family that keeps this layout:
 - pixel-space models in the shape of DeepFloyd IF stage I (no ``vae/``; a UNet that also predicts
   its variance returns 2C channels, of which the first C are eps; any text encoder class that
   transformers names in its config, e.g. T5EncoderModel);
-- text-to-video models (ModelScope, zeroscope: ``unet/`` a UNet3DConditionModel): clips
-  [B, 3, T, H, W] are encoded frame by frame into [B, C, T, h, w] latents, one timestep per clip.
+- text-to-video models (ModelScope, zeroscope: ``unet/`` a UNet3DConditionModel; AnimateDiff-style
+  and the embedded video prior: a UNetMotionModel): clips [B, 3, T, H, W] are encoded frame by
+  frame into [B, C, T, h, w] latents, one timestep per clip.
 
 A checkpoint is a local folder or a Hugging Face hub id. Offline (``HF_HUB_OFFLINE=1``, or the hub
 unreachable) a hub id that is not in the local cache fails at once with one line that says how to
@@ -37,13 +38,13 @@ from urllib.parse import urlparse
 
 import torch
 import transformers
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet3DConditionModel
+from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet3DConditionModel, UNetMotionModel
 from torch import Tensor, nn
 from transformers import AutoTokenizer
 
 from threedgen.cameras import Cameras
 from threedgen.priors.base import PriorLoadError, PromptError, cache_root
-from threedgen.priors.embedded.model import CAMERA_DIM, PixelShuffleCodec, camera_embedding
+from threedgen.priors.embedded.model import CAMERA_DIM, PixelShuffleCodec, camera_embedding, frame_text
 from threedgen.priors.mvdream import converted_folder, install_multiview_attention, mvdream_camera
 
 EMBEDDED_PATH = Path(__file__).parent / "embedded" / "weights"
@@ -52,6 +53,7 @@ EMBEDDED_VIDEO_PATH = Path(__file__).parent / "embedded" / "video"
 HUB_PATTERNS = ["model_index.json", "scheduler/*", "tokenizer*/*", "text_encoder*/*.json",
                 "text_encoder*/*.safetensors", "unet/*.json", "unet/diffusion_pytorch_model.safetensors",
                 "vae/*.json", "vae/diffusion_pytorch_model.safetensors"]
+VIDEO_UNETS = (UNet3DConditionModel, UNetMotionModel)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -94,7 +96,7 @@ class DiffusionPrior(nn.Module):
             world is not None and config.get("class_embed_type") == "projection"
             and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM) else None)
         self.sdxl = config.get("addition_embed_type") == "text_time"
-        self.video = isinstance(unet, UNet3DConditionModel)
+        self.video = isinstance(unet, VIDEO_UNETS)
         self.text_encoder_id: str | None = None  # names the text encoder(s) for the embedding cache
 
     @classmethod
@@ -107,7 +109,7 @@ class DiffusionPrior(nn.Module):
             if not (folder / sub / weights).is_file():
                 raise PriorLoadError(f"prior {path}: missing weights file {sub}/{weights}{hint}")
         torch_dtype = DTYPES[dtype]
-        unet = _load(folder, "unet", lambda: _unet_class(folder).from_pretrained(folder, subfolder="unet",
+        unet = _load(folder, "unet", lambda: unet_class(folder).from_pretrained(folder, subfolder="unet",
                                                                                   torch_dtype=torch_dtype))
         scheduler = _load(folder, "scheduler", lambda: DDPMScheduler.from_pretrained(folder, subfolder="scheduler"))
         vae = None
@@ -226,8 +228,11 @@ class DiffusionPrior(nn.Module):
         prediction [B, C, h, w] in float32 (the first C channels: IF-style UNets append a variance)."""
         hidden, extra = self.unet_kwargs(text)
         dtype = unet.dtype
-        labels = None if class_labels is None else class_labels.to(dtype)
-        out = unet(x_t.to(dtype), t, hidden.to(dtype), class_labels=labels, **extra).sample.float()
+        if self.video:  # clips [B, C, T, h, w]; video UNets take no class labels
+            hidden = frame_text(unet, hidden, x_t.shape[2])
+        else:
+            extra["class_labels"] = None if class_labels is None else class_labels.to(dtype)
+        out = unet(x_t.to(dtype), t, hidden.to(dtype), **extra).sample.float()
         return out[:, :x_t.shape[1]]
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text: Tensor, camera: Tensor | None) -> Tensor:
@@ -246,10 +251,10 @@ def _per_frame(fn, clip: Tensor) -> Tensor:
     return out.unflatten(0, (len(clip), -1)).transpose(1, 2)
 
 
-def _unet_class(folder: Path):
-    """UNet2DConditionModel, or UNet3DConditionModel for text-to-video checkpoints."""
-    config = json.loads((folder / "unet" / "config.json").read_text())
-    return UNet3DConditionModel if config.get("_class_name") == "UNet3DConditionModel" else UNet2DConditionModel
+def unet_class(folder: Path):
+    """UNet2DConditionModel, or the video UNet class a text-to-video checkpoint's config names."""
+    name = json.loads((folder / "unet" / "config.json").read_text()).get("_class_name")
+    return {cls.__name__: cls for cls in VIDEO_UNETS}.get(name, UNet2DConditionModel)
 
 
 def _downsampling(vae) -> int:

@@ -165,9 +165,15 @@ def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase:
     return prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2)), shapes, motions, colours
 
 
+def trained_random_phase(prior: DiffusionPrior) -> bool:
+    """Whether the video prior was trained on clips from random phases (or all from phase 0)."""
+    return prior.world.get("training", {}).get("random_phase", True)
+
+
 def clip_mean_latent(prior: DiffusionPrior, n: int = 96, seed: int = 0) -> Tensor:
-    """[1, C, T, h, w]: the mean encoded training clip, for ``ddim_sample``'s truncated start."""
-    x0, _, _, _ = world_clips(prior, n, torch.Generator().manual_seed(seed))
+    """[1, C, T, h, w]: the mean encoded training clip (phases as the prior was trained), for
+    ``ddim_sample``'s truncated start."""
+    x0, _, _, _ = world_clips(prior, n, torch.Generator().manual_seed(seed), trained_random_phase(prior))
     return x0.mean(0, keepdim=True)
 
 
@@ -180,9 +186,8 @@ def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 
     the motion, at high noise."""
     from threedgen.priors.embedded.train import video_prompt
 
-    random_phase = prior.world.get("training", {}).get("random_phase", True)
     g = torch.Generator().manual_seed(seed)
-    x0, shapes, motions, colours = world_clips(prior, n, g, random_phase)
+    x0, shapes, motions, colours = world_clips(prior, n, g, trained_random_phase(prior))
     keep = (motions > 0).nonzero().squeeze(-1).tolist()
     x0 = x0[keep]
     clips = [(colours[k], world.SHAPES[shapes[k]], world.MOTIONS[motions[k] - 1]) for k in keep]

@@ -5,20 +5,25 @@ vae/), so it loads through the same ``from_pretrained`` calls. The "vae" is a lo
 pixel-unshuffle codec: 32x32x3 pixels in [0, 1] <-> 16x16x12 "latents" in [-1, 1]. It keeps the
 latent-diffusion code path and makes the UNet about 3x cheaper than one at full resolution.
 
-The video prior has the same layout with a ``UNet3DConditionModel`` (spatial and temporal
-layers; no camera input) on clips of VIDEO_FRAMES frames in the image prior's 16x16x12 latents. Its
-spatial layers have the image UNet's shapes and start from its weights (``inflate``), its temporal
-layers start as the identity, so training begins from a frame-by-frame image denoiser and only has
-to learn motion and coherence across frames (Make-A-Video, AnimateDiff). A first attempt trained
-from scratch on 8x8x48 latents still sampled noise after 1,650 steps.
+The video prior has the same layout with an AnimateDiff ``UNetMotionModel`` (the image UNet's
+spatial layers, no camera input, plus motion modules: temporal attention over the frames with
+sinusoidal frame positions) on clips of VIDEO_FRAMES frames in the image prior's 16x16x12
+latents. Its spatial layers start from the image prior's weights (``inflate``), its motion modules
+as the identity, so training begins from a frame-by-frame image denoiser and only has to learn
+motion and coherence across frames (AnimateDiff). A ``UNet3DConditionModel`` was tried first: its
+temporal attention has no frame positions (it sees the frames as an unordered set), and in 2,200
+training steps it never learnt to draw a motion from the prompt (docs/video-prior.md).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, ModelMixin, UNet2DConditionModel, UNet3DConditionModel
+from diffusers import DDPMScheduler, ModelMixin, MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.utils import logging as diffusers_logging
 from torch import Tensor
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
@@ -92,40 +97,81 @@ def build_unet() -> UNet2DConditionModel:
         class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
 
 
-def build_video_unet() -> UNet3DConditionModel:
-    """About 7M parameters on [B, 12, 8, 16, 16] clip latents; text only. Its spatial layers have
-    ``build_unet``'s shapes (the 2D transformers' 1x1 conv projections become linear ones)."""
-    return UNet3DConditionModel(
-        sample_size=16, in_channels=3 * VIDEO_FACTOR ** 2, out_channels=3 * VIDEO_FACTOR ** 2,
-        layers_per_block=1, block_out_channels=(32, 64, 128), norm_num_groups=16,
-        down_block_types=("DownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D"),
-        up_block_types=("CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "UpBlock3D"),
-        cross_attention_dim=64, attention_head_dim=8)
+def motion_adapter() -> MotionAdapter:
+    """AnimateDiff motion modules for ``build_unet``'s blocks: one temporal transformer after each
+    spatial layer (and in the mid block), 4 heads, frame positions up to 32; about 1.8M
+    parameters. Their output projections start at zero, so each module starts as the identity."""
+    adapter = MotionAdapter(block_out_channels=(32, 64, 128), motion_layers_per_block=1,
+                            motion_num_attention_heads=4, motion_norm_num_groups=16,
+                            motion_max_seq_length=32, use_motion_mid_block=True)
+    with torch.no_grad():
+        for name, p in adapter.named_parameters():
+            if ".proj_out." in name:
+                p.zero_()
+    return adapter
+
+
+def build_video_unet() -> UNetMotionModel:
+    """About 6M parameters on [B, 12, T, 16, 16] clip latents; text only (no camera)."""
+    return _with_motion(_without_camera(build_unet()))
+
+
+def _without_camera(image_unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    return UNet2DConditionModel(**{**image_unet.config, "class_embed_type": None,
+                                   "projection_class_embeddings_input_dim": None})
+
+
+def _with_motion(image_unet: UNet2DConditionModel) -> UNetMotionModel:
+    """``UNetMotionModel.from_unet2d`` with fresh ``motion_adapter`` modules. It casts the model to
+    the UNet's dtype, which makes diffusers warn about float32 modules there are none of: the
+    warning is silenced."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return UNetMotionModel.from_unet2d(image_unet, motion_adapter())
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 @torch.no_grad()
-def inflate(image_unet: UNet2DConditionModel) -> UNet3DConditionModel:
+def inflate(image_unet: UNet2DConditionModel) -> UNetMotionModel:
     """A video UNet that, as built, denoises every frame as ``image_unet`` does with the null camera.
 
     Spatial weights are copied; the null camera's class embedding (a constant added to the time
-    embedding) is folded into the time embedding's bias; every temporal attention's output
-    projection is zeroed (diffusers already zeroes the temporal convolutions' last layer), so each
-    temporal layer starts as the identity."""
-    video = build_video_unet()
-    state = video.state_dict()
-    for key, value in image_unet.state_dict().items():
-        if key.startswith("class_embedding."):
-            continue
-        state[key] = value.reshape(state[key].shape)  # [C, C, 1, 1] conv -> [C, C] linear projections
+    embedding) is folded into the time embedding's bias; the motion modules start as the identity
+    (``motion_adapter``)."""
+    state = {k: v for k, v in image_unet.state_dict().items() if not k.startswith("class_embedding.")}
     null_camera = image_unet.class_embedding(torch.zeros(1, CAMERA_DIM))[0]
     state["time_embedding.linear_2.bias"] = state["time_embedding.linear_2.bias"] + null_camera
-    for key in state:
-        if (key.startswith("transformer_in.") or ".temp_attentions." in key) and ".proj_out." in key:
-            state[key] = torch.zeros_like(state[key])
-    video.load_state_dict(state)
-    return video
+    plain = _without_camera(image_unet)
+    plain.load_state_dict(state)
+    return _with_motion(plain)
 
 
-def build_scheduler(prediction_type: str = "epsilon") -> DDPMScheduler:
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+def frame_text(unet, text: Tensor, frames: int) -> Tensor:
+    """The text rows a video UNet takes for clips of ``frames`` frames: text [B, L, D] as it is for
+    a UNet3DConditionModel, repeated per frame [B * T, L, D] for a UNetMotionModel (whose forward
+    folds the frames into the batch and, unlike diffusers' AnimateDiff pipeline, leaves the
+    repeat to the caller)."""
+    return text.repeat_interleave(frames, 0) if isinstance(unet, UNetMotionModel) else text
+
+
+def build_scheduler(prediction_type: str = "epsilon", snr_shift: float = 1.0) -> DDPMScheduler:
+    """diffusers' squaredcos ("cosine") schedule over 1000 steps; ``snr_shift`` k > 1 divides its
+    signal-to-noise ratio by k^2 at every step (log SNR shifted by -2 ln k, "simple diffusion"),
+    stored as the scheduler's ``trained_betas`` so that it loads like any diffusers scheduler.
+
+    Why the video prior needs it: in this small, high-contrast world x_t still shows where the
+    object is in each frame up to t ~ 980 (a bounce against a still clip is d' = 6.4 apart at
+    t = 950 under the plain schedule), so the best denoiser reads the motion from x_t and ignores
+    the motion word almost everywhere; SDS and DDIM never reach the few steps where it matters
+    (docs/video-prior.md)."""
+    plain = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2",
+                          prediction_type=prediction_type, clip_sample=False)
+    if snr_shift == 1.0:
+        return plain
+    abar = plain.alphas_cumprod.double()
+    shifted = torch.sigmoid(torch.logit(abar) - 2 * math.log(snr_shift))
+    betas = 1 - shifted / torch.cat([torch.ones(1, dtype=shifted.dtype), shifted[:-1]])
+    return DDPMScheduler(num_train_timesteps=1000, trained_betas=betas.clamp(max=0.999).tolist(),
                          prediction_type=prediction_type, clip_sample=False)

@@ -225,10 +225,20 @@ class VideoTrainConfig(TrainConfig):
     prediction_type: str = "epsilon"  # or "v_prediction" (see diffusion_loss)
     temporal_loss_weight: float = 0.0  # see diffusion_loss
     temporal_lr_scale: float = 1.0  # learning-rate factor of the temporal layers (is_temporal)
+    snr_shift: float = 1.0  # the noise schedule's SNR divided by snr_shift^2 (model.build_scheduler)
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, not {self.prediction_type!r}")
+        checks = {"timestep_shift > 0": self.timestep_shift > 0, "max_loss_weight >= 1": self.max_loss_weight >= 1,
+                  "temporal_loss_weight >= 0": self.temporal_loss_weight >= 0,
+                  "temporal_lr_scale > 0": self.temporal_lr_scale > 0, "snr_shift >= 1": self.snr_shift >= 1,
+                  "clips_per_combination >= 1": self.clips_per_combination >= 1,
+                  "0 <= ema_decay < 1": 0 <= self.ema_decay < 1, "steps >= 1": self.steps >= 1,
+                  "lr > 0": self.lr > 0}
+        failed = [rule for rule, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"video training needs {', '.join(failed)}")
 
 
 def video_vocabulary() -> list[str]:
@@ -284,13 +294,13 @@ def render_video_dataset(cfg: VideoTrainConfig, g: torch.Generator) -> dict:
 
 
 def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrainConfig) -> None:
-    """The video prior's folder: the image prior's layout with a UNet3DConditionModel, stored in
-    float16 (14 MB instead of 29; loading casts it back to the model's dtype)."""
+    """The video prior's folder: the image prior's layout with a UNetMotionModel, stored in
+    float16 (12 MB instead of 24; loading casts it back to the model's dtype)."""
     out.mkdir(parents=True, exist_ok=True)
     copy.deepcopy(unet).half().save_pretrained(out / "unet")
     text_encoder.save_pretrained(out / "text_encoder")
     tokenizer.save_pretrained(out / "tokenizer")
-    M.build_scheduler(cfg.prediction_type).save_pretrained(out / "scheduler")
+    M.build_scheduler(cfg.prediction_type, cfg.snr_shift).save_pretrained(out / "scheduler")
     M.PixelShuffleCodec(factor=M.VIDEO_FACTOR).save_pretrained(out / "vae")
     meta = {"vocabulary": video_vocabulary(), "shapes": list(world.SHAPES), "colours": list(world.COLOURS),
             "motions": list(world.MOTIONS), "synonyms": world.SYNONYMS, "frames": cfg.frames,
@@ -303,8 +313,10 @@ def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrai
 def initial_video_prior(folder: Path, tokenizer, g: torch.Generator):
     """(text encoder, video UNet) to start training from: the video prior at ``folder``, or one
     that starts as the image prior at ``folder`` does with the null camera (VideoTrainConfig)."""
-    from diffusers import UNet2DConditionModel, UNet3DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
+
+    from threedgen.priors.diffusion import unet_class
 
     meta = json.loads((folder / "world.json").read_text())
     image_vocab, video_vocab = meta["vocabulary"], video_vocabulary()
@@ -312,7 +324,7 @@ def initial_video_prior(folder: Path, tokenizer, g: torch.Generator):
         if image_vocab != video_vocab:
             raise ValueError(f"{folder}: its vocabulary {image_vocab} is not the video vocabulary")
         return (CLIPTextModel.from_pretrained(folder / "text_encoder"),
-                UNet3DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32))
+                unet_class(folder).from_pretrained(folder / "unet", torch_dtype=torch.float32))
     if video_vocab[:len(image_vocab)] != image_vocab:
         raise ValueError(f"{folder}: its vocabulary {image_vocab} does not start the video vocabulary")
     text_encoder = extend_vocabulary(CLIPTextModel.from_pretrained(folder / "text_encoder"), tokenizer,
@@ -336,8 +348,9 @@ def extend_vocabulary(text_encoder, tokenizer, new_words: list[str], g: torch.Ge
 
 
 def is_temporal(name: str) -> bool:
-    """Whether a UNet3DConditionModel parameter belongs to a temporal layer (the ones inflation adds)."""
-    return name.startswith("transformer_in.") or ".temp_" in name
+    """Whether a video UNet's parameter belongs to a temporal layer (the ones inflation adds): a
+    UNetMotionModel's motion modules, a UNet3DConditionModel's temporal convolutions and attentions."""
+    return "motion_modules." in name or name.startswith("transformer_in.") or ".temp_" in name
 
 
 def train_video(out: Path, cfg: VideoTrainConfig) -> None:
@@ -354,7 +367,7 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
     log.info("rendered %d training clips of %d frames in %.0f s", len(data["combo"]), cfg.frames, time.time() - t0)
     palette = world.colour_tensor(list(world.COLOURS))
     names = list(world.COLOURS)
-    alphas = M.build_scheduler().alphas_cumprod
+    alphas = M.build_scheduler(cfg.prediction_type, cfg.snr_shift).alphas_cumprod
 
     def loss_fn(step: int) -> torch.Tensor:
         idx = torch.randint(len(data["combo"]), (cfg.batch_size,), generator=g)
@@ -366,7 +379,8 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
         x0 = codec.encode(rgb).unflatten(0, (cfg.batch_size, T)).transpose(1, 2)  # [B, C, T, h, w]
         prompts = ["" if rng.random() < cfg.text_dropout else video_prompt(c, s, m, rng)
                    for c, (s, m) in zip(colours, combos)]
-        return diffusion_loss(unet, alphas, x0, text_features(tokenizer, text_encoder, prompts), g,
+        text = M.frame_text(unet, text_features(tokenizer, text_encoder, prompts), T)
+        return diffusion_loss(unet, alphas, x0, text, g,
                               timestep_shift=cfg.timestep_shift, max_weight=cfg.max_loss_weight,
                               prediction_type=cfg.prediction_type, temporal_weight=cfg.temporal_loss_weight)
 
