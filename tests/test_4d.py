@@ -301,12 +301,14 @@ def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
 
 
 def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
-    """The shipped video prior loads by name (HF_HUB_OFFLINE=1), reads the video words, and
-    predicts the noise of noised moving-world clips better than the frame-by-frame image prior it
-    started from (model.inflate): training taught it something across frames."""
+    """The shipped video prior loads by name (HF_HUB_OFFLINE=1), reads the video words, predicts
+    the noise of noised moving-world clips better than the frame-by-frame image prior it started
+    from (model.inflate) at the same noise levels (each at its own schedule's timestep), and uses
+    the motion words: they lower its x0 error at high noise (motion_prompt_gain)."""
     from threedgen.config import PriorConfig
     from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
     from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded.check import motion_prompt_gain, trained_random_phase
     from threedgen.priors.embedded.train import (VideoTrainConfig, clip_times, initial_video_prior, random_cameras,
                                                  render_clips, text_features, video_vocabulary)
 
@@ -316,21 +318,28 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
     g = torch.Generator().manual_seed(3)
     start_text, start = initial_video_prior(EMBEDDED_PATH, tokenizer, g)
     combos = [("sphere", "bouncing"), ("cube", "spinning"), ("cylinder", "sliding"), ("cone", None)]
-    r = render_clips(combos, random_cameras(4, VideoTrainConfig(), g), clip_times(4, 8, g))
+    times = clip_times(4, 8, g, random_phase=trained_random_phase(prior))
+    r = render_clips(combos, random_cameras(4, VideoTrainConfig(), g), times)
     clips = prior.encode_images(r.rgb.unflatten(0, (4, 8)).transpose(1, 2))  # red objects
     prompts = ["a red ball bouncing", "a red cube spinning", "a red cylinder sliding", "a red cone"]
     text = prior.encode_prompts(prompts)
     with torch.no_grad():
         text0 = text_features(tokenizer, start_text, prompts)
+    plain = M.build_scheduler().alphas_cumprod  # the schedule the start was trained on
     errors = {"shipped": 0.0, "start": 0.0}
     for t in (300, 600, 900):
-        a = prior.alphas_cumprod[t]
+        a = plain[t]
+        t_shipped = int((prior.alphas_cumprod - a).abs().argmin())  # the same noise level
         noise = torch.randn(clips.shape, generator=g)
-        x_t, ts = a.sqrt() * clips + (1 - a).sqrt() * noise, torch.full((4,), t)
+        x_t = a.sqrt() * clips + (1 - a).sqrt() * noise
         with torch.no_grad():
-            errors["shipped"] += (prior.predict_noise(x_t, ts, text, None) - noise).square().mean().item()
-            errors["start"] += (start(x_t, ts, M.frame_text(start, text0, 8)).sample - noise).square().mean().item()
+            eps = prior.predict_noise(x_t, torch.full((4,), t_shipped), text, None)
+            errors["shipped"] += (eps - noise).square().mean().item()
+            eps0 = start(x_t, torch.full((4,), t), M.frame_text(start, text0, 8)).sample
+            errors["start"] += (eps0 - noise).square().mean().item()
     assert errors["shipped"] < 0.9 * errors["start"], errors
+    gain = motion_prompt_gain(prior, n=24, timesteps=(850,))
+    assert gain[850] > 0.2, gain  # the UNet3D prior it replaced: 0.001
 
 
 def test_snr_shift_divides_the_schedules_snr_and_loads_as_a_diffusers_scheduler(tmp_path):
