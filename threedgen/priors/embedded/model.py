@@ -10,9 +10,10 @@ spatial layers, no camera input, plus motion modules: temporal attention over th
 sinusoidal frame positions) on clips of VIDEO_FRAMES frames in the image prior's 16x16x12
 latents. Its spatial layers start from the image prior's weights (``inflate``), its motion modules
 as the identity, so training begins from a frame-by-frame image denoiser and only has to learn
-motion and coherence across frames (AnimateDiff). A ``UNet3DConditionModel`` was tried first: its
-temporal attention has no frame positions (it sees the frames as an unordered set), and in 2,200
-training steps it never learnt to draw a motion from the prompt (docs/video-prior.md).
+motion and coherence across frames (AnimateDiff). A ``UNet3DConditionModel`` was tried first (its
+temporal attention has no frame positions). Neither learnt the motion words on the plain cosine
+schedule; what taught this one was dividing the schedule's SNR (``build_scheduler``'s
+``snr_shift``), see docs/video-prior.md.
 """
 
 from __future__ import annotations
