@@ -1,4 +1,4 @@
-"""Forward+backward timing of the pure-torch Gaussian rasterizers: tiled vs the dense reference.
+"""Forward+backward timing of the CPU Gaussian rasterizers: tiled (numba) vs the dense reference.
 
     python -m benchmarks.gaussians               # 1k/5k/20k Gaussians at 64 and 128 px
     python -m benchmarks.gaussians --quick       # 1k/5k at 32 and 64 px
@@ -18,7 +18,7 @@ import time
 import torch
 
 from threedgen.cameras import orbit
-from threedgen.render.gaussians import CPU_TILE_SIZE, rasterize_dense, rasterize_torch
+from threedgen.render.gaussians import CPU_TILE_SIZE, rasterize_dense, rasterize_cpu
 from threedgen.representations.gaussians import Gaussians
 
 
@@ -48,7 +48,7 @@ def _time(fn, g, cams, repeats: int, **kwargs) -> tuple[float, float]:
 def bench_rasterizer(n_gaussians: int, size: int, n_cameras: int = 4, repeats: int = 3,
                      dense: bool = True, tile_size: int = CPU_TILE_SIZE,
                      dense_repeats: int | None = None) -> dict:
-    """Median forward+backward wall seconds of rasterize_torch ("tiled", at tile_size) and
+    """Median forward+backward wall seconds of rasterize_cpu ("tiled", at tile_size) and
     rasterize_dense ("dense"; None when dense=False) for n_gaussians into n_cameras views of
     size x size, after one untimed warm-up run each (dense_repeats, default repeats, of 1: one timed
     run of the dense reference and no warm-up: it takes minutes at 20k / 128^2); "speedup" is
@@ -58,8 +58,8 @@ def bench_rasterizer(n_gaussians: int, size: int, n_cameras: int = 4, repeats: i
     g, cams = _scene(n_gaussians, size, n_cameras)
     result = {"n_gaussians": n_gaussians, "size": size, "n_cameras": n_cameras,
               "tile_size": tile_size, "dense": None, "dense_cpu": None}
-    _time(rasterize_torch, g, cams, 1, tile_size=tile_size)
-    result["tiled"], result["tiled_cpu"] = _time(rasterize_torch, g, cams, repeats,
+    _time(rasterize_cpu, g, cams, 1, tile_size=tile_size)
+    result["tiled"], result["tiled_cpu"] = _time(rasterize_cpu, g, cams, repeats,
                                                  tile_size=tile_size)
     if dense:
         dense_repeats = dense_repeats or repeats

@@ -53,13 +53,18 @@ def recipe_representation(name: str):
 
 
 def bench_render(name: str, size: int, repeats: int, n_views: int = 4) -> float:
-    """Forward+backward of one representation's renderer (training mode) at size^2."""
+    """Forward+backward of one representation's renderer (training mode) at size^2, with the
+    representation's per-step hook before it, as in training (the triplane refreshes its
+    occupancy grid there at step 0, then every ``occ_every`` steps)."""
     rep = REPRESENTATIONS[name].from_config(recipe_representation(name))
     rep.train()
     cams = orbit(n_views, 15.0, 2.8, 30.0, size)
     bg = torch.ones(3)
+    opts = rep.optimizers()
+    steps = iter(range(1 << 30))
 
     def step():
+        rep.pre_backward(next(steps), opts)
         out = rep.render(cams, bg, generator=torch.Generator().manual_seed(0))
         (out.rgb.mean() + out.alpha.mean()).backward()
         rep.zero_grad(set_to_none=True)
@@ -80,6 +85,7 @@ def bench_step(name: str, prior, repeats: int, method: str = "sds") -> dict[str,
     bg = torch.ones(3)
 
     def render(k: int, g: torch.Generator):
+        rep.pre_backward(k, opts)  # as training does, before the render
         cams = sample_cameras(4, CameraRanges(), 32, g)
         return rep.render(cams, bg, generator=g).rgb, prompts.conditioning(cams, k)
 

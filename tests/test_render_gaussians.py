@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from threedgen.cameras import make_cameras, orbit
-from threedgen.render.gaussians import rasterize_dense, rasterize_torch, render_gaussians
+from threedgen.render.gaussians import rasterize_dense, rasterize_cpu, render_gaussians
 from threedgen.representations.gaussians import Gaussians
 
 DIST, FOV = 2.7, 40.0
@@ -70,7 +70,7 @@ def test_tiled_matches_dense(tile_size, sh_degree, render_mode, per_camera_color
     if render_mode in ("D", "ED"):
         bg = None
     kw = dict(sh_degree=sh_degree, render_mode=render_mode, tile_size=tile_size)
-    rt, at, mt = _run(rasterize_torch, params, cams, bg, **kw)
+    rt, at, mt = _run(rasterize_cpu, params, cams, bg, **kw)
     rd, ad, md = _run(rasterize_dense, params, cams, bg, **kw)
     C, H, W = len(cams), cams.height, cams.width
     depth = 1 if render_mode != "RGB" else 0
@@ -100,7 +100,7 @@ def test_single_gaussian_projects_to_centre_with_expected_falloff():
     scales = torch.full((1, 3), s)
     opac = torch.tensor([o])
     colors = torch.tensor([[1.0, 0.5, 0.25]])
-    render, alphas, meta = rasterize_torch(means, quats, scales, opac, colors, cams.viewmats(),
+    render, alphas, meta = rasterize_cpu(means, quats, scales, opac, colors, cams.viewmats(),
                                            cams.intrinsics(), size, size, tile_size=8)
     torch.testing.assert_close(meta["means2d"][0, 0], torch.tensor([size / 2, size / 2]))
     torch.testing.assert_close(meta["depths"][0, 0], torch.tensor(DIST))
@@ -129,15 +129,15 @@ def test_gaussian_behind_camera_contributes_nothing():
     bg = torch.tensor([[0.0, 0.0, 1.0]])
     args = (quats, scales, torch.tensor([0.9, 0.9]), colors, cams.viewmats(), cams.intrinsics(),
             16, 16)
-    both = rasterize_torch(means, *args, backgrounds=bg)
-    front = rasterize_torch(means[:1], quats[:1], scales[:1], torch.tensor([0.9]), colors[:1],
+    both = rasterize_cpu(means, *args, backgrounds=bg)
+    front = rasterize_cpu(means[:1], quats[:1], scales[:1], torch.tensor([0.9]), colors[:1],
                             *args[4:], backgrounds=bg)
     assert both[2]["radii"][0, 1].tolist() == [0, 0] and (both[2]["radii"][0, 0] > 0).all()
     torch.testing.assert_close(both[0], front[0])
     torch.testing.assert_close(both[1], front[1])
     # Only the one behind: nothing rendered, pure background, and backward still runs.
     means_b = means[1:].clone().requires_grad_(True)
-    render, alphas, _ = rasterize_torch(means_b, quats[1:], scales[1:], torch.tensor([0.9]),
+    render, alphas, _ = rasterize_cpu(means_b, quats[1:], scales[1:], torch.tensor([0.9]),
                                         colors[1:], *args[4:], backgrounds=bg)
     assert alphas.abs().max() == 0
     torch.testing.assert_close(render[..., :3], bg.view(1, 1, 1, 3).expand(1, 16, 16, 3))
@@ -149,7 +149,7 @@ def test_background_shows_where_alpha_is_zero():
     g = Gaussians.from_sphere(200, radius=0.4, color=(0.9, 0.2, 0.1), seed=3)
     cams = orbit(2, 15.0, DIST, FOV, 32)
     bg = torch.tensor([0.1, 0.7, 0.3])
-    out = g.render(cams, bg, backend="torch")
+    out = g.render(cams, bg, backend="cpu")
     assert out.rgb.shape == (2, 3, 32, 32) and out.alpha.shape == out.depth.shape == (2, 1, 32, 32)
     assert out.normal is None
     empty = out.alpha[:, 0] == 0
@@ -180,7 +180,7 @@ def test_means2d_grad_and_default_strategy_densifies_on_cpu():
     cams = orbit(2, 15.0, DIST, FOV, 24)
     target = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     n_before = len(g)
-    out = g.render(cams, torch.ones(3), backend="torch")
+    out = g.render(cams, torch.ones(3), backend="cpu")
     info = out.info
     for key in ("means2d", "radii", "width", "height", "n_cameras", "gaussian_ids"):
         assert key in info
@@ -195,7 +195,7 @@ def test_means2d_grad_and_default_strategy_densifies_on_cpu():
     assert len(g) > n_before
     assert all(p.shape[0] == len(g) for p in g.params.values())
     # The edited parameters still render and train.
-    out = g.render(cams, torch.ones(3), backend="torch")
+    out = g.render(cams, torch.ones(3), backend="cpu")
     out.rgb.mean().backward()
     assert g.params["means"].grad.shape == (len(g), 3)
 
@@ -230,7 +230,7 @@ def test_gsplat_cuda_matches_torch():
         g = rasterization(means, quats, scales, opacities, colors, cams.viewmats(),
                           cams.intrinsics(), 32, 32, backgrounds=bg, packed=False,
                           render_mode=render_mode)
-        t = _run(rasterize_torch, params, cams, bg, render_mode=render_mode, tile_size=8)
+        t = _run(rasterize_cpu, params, cams, bg, render_mode=render_mode, tile_size=8)
         return g, t
 
     (rg, ag, mg), (rt, at, mt) = both("RGB+ED")
@@ -265,7 +265,7 @@ def test_tiled_rasterizer_gradcheck_float64():
     bg = torch.rand(1, 3, generator=g).double()
 
     def render(means, quats, scales, opacities, colors):
-        rgb, alpha, _ = rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, 6, 6,
+        rgb, alpha, _ = rasterize_cpu(means, quats, scales, opacities, colors, viewmats, Ks, 6, 6,
                                         backgrounds=bg, tile_size=4)
         return rgb, alpha
 
@@ -325,3 +325,55 @@ def test_densify_schedule_opacity_reset_and_resumable_statistics():
             torch.testing.assert_close(h.get_extra_state()["grad2d"], g.get_extra_state()["grad2d"])
     assert sizes[0] == 200 and sizes[2] > 200  # grew at step 2 (every Gaussian passes the threshold)
     assert sizes[-1] == sizes[5]  # nothing changes after densify_until
+
+
+def test_projection_kernel_matches_the_torch_projection_with_gradients():
+    """The numba EWA projection (``_Project``) against the torch reference's (``_project``,
+    gsplat's torch helpers), values and float64 gradients, on a scene with Gaussians behind a
+    camera, beyond the far edge of the view (gsplat's 1.3x field-of-view clamp of the
+    Jacobian) and of every size; plus gradcheck of the kernel's backward."""
+    from threedgen.render.gaussians import _project, _Project
+
+    params, cams, _ = _scene(n=300)
+    means, quats, scales, opacities, _ = [p.detach().double() for p in params]
+    # Big Gaussians centred outside the view: their boxes still reach the image, so they stay
+    # visible with the Jacobian clamped.
+    means[5:25] = torch.randn(20, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    means[5:25] *= 3.0 / means[5:25].norm(dim=-1, keepdim=True)
+    scales[5:25] = 0.6
+    viewmats, Ks = cams.viewmats().double(), cams.intrinsics().double()
+    args = (viewmats, Ks, cams.width, cams.height, 0.01, 1e10, 0.3)
+    p_ref = [t.clone().requires_grad_(True) for t in (means, quats, scales)]
+    p_new = [t.clone().requires_grad_(True) for t in (means, quats, scales)]
+    radii_r, m2_r, d_r, con_r, _ = _project(*p_ref, opacities, *args)
+    radii_n, m2_n, d_n, con_n = _Project.apply(*p_new, opacities, *args)
+    assert torch.equal(radii_r, radii_n)
+    visible = (radii_n > 0).all(dim=-1)
+    assert 0.3 < visible.float().mean() < 1.0
+    # Some visible pairs have the Jacobian clamped: x/z beyond 1.3x the half field of view.
+    means_c = torch.einsum("cij,nj->cni", viewmats[:, :3, :3], means) + viewmats[:, None, :3, 3]
+    u = means_c[..., 0] / means_c[..., 2]
+    lim = (cams.width / 2 + 0.15 * cams.width) / Ks[:, 0, 0]
+    assert (visible & (u.abs() > lim[:, None])).sum() >= 3
+    for new, ref in ((m2_n, m2_r), (d_n, d_r), (con_n, con_r)):
+        torch.testing.assert_close(new, ref, rtol=1e-10, atol=1e-10)
+    g = torch.Generator().manual_seed(4)
+    weights = [torch.randn(t.shape, generator=g, dtype=torch.float64) * (visible[..., None]
+               if t.dim() == 3 else visible) for t in (m2_r, d_r, con_r)]
+    loss = lambda outs: sum((w * o).sum() for w, o in zip(weights, outs))
+    g_ref = torch.autograd.grad(loss((m2_r, d_r, con_r)), p_ref)
+    g_new = torch.autograd.grad(loss((m2_n, d_n, con_n)), p_new)
+    for a, b in zip(g_new, g_ref):
+        assert b.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9 * float(b.abs().max()))
+    # Gradcheck on visible pairs only: culled ones carry stand-in values and, by design, no
+    # gradient (no render uses them).
+    small = [t[:8].clone().requires_grad_(True) for t in (means, quats, scales)]
+
+    def visible_outputs(*p):
+        radii, *outs = _Project.apply(*p, opacities[:8], *args)
+        vis = (radii > 0).all(dim=-1)
+        return tuple(o[vis] for o in outs)
+
+    assert visible_outputs(*small)[0].shape[0] >= 12
+    assert torch.autograd.gradcheck(visible_outputs, small)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from threedgen.cameras import orbit
-from threedgen.representations.triplane import Triplane, triplane_features
+from threedgen.render.grids import sample_triplane
+from threedgen.representations.triplane import Triplane
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +26,7 @@ def test_features_sample_each_plane_at_the_points_projection():
     x + x + y and feature 1 is y + z + z (xy, xz, yz planes)."""
     aabb = 0.8
     p = (torch.rand(50, 3, generator=torch.Generator().manual_seed(0)) * 2 - 1) * aabb
-    f = triplane_features(_linear_planes(9, aabb), p, aabb)
+    f = sample_triplane(_linear_planes(9, aabb), p, aabb)
     x, y, z = p.unbind(-1)
     torch.testing.assert_close(f, torch.stack([2 * x + y, y + 2 * z], -1), atol=1e-5, rtol=1e-5)
 
@@ -34,7 +35,7 @@ def test_features_gradcheck_float64():
     g = torch.Generator().manual_seed(1)
     planes = torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64).requires_grad_(True)
     points = ((torch.rand(6, 3, generator=g, dtype=torch.float64) * 2 - 1) * 0.9).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda pl, pt: triplane_features(pl, pt, 1.0), (planes, points))
+    assert torch.autograd.gradcheck(lambda pl, pt: sample_triplane(pl, pt, 1.0), (planes, points))
 
 
 def _triplane(**kw) -> Triplane:

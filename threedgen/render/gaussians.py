@@ -1,12 +1,12 @@
-"""3D Gaussian splatting: a pure-torch tiled rasterizer, a dense reference, and one entry point.
+"""3D Gaussian splatting on CPU: a tiled rasterizer, a dense torch reference, and one entry point.
 
-Why a torch path exists: gsplat's rasterizer is a set of CUDA kernels that are JIT-compiled on
+Why a CPU path exists: gsplat's rasterizer is a set of CUDA kernels that are JIT-compiled on
 first use; without CUDA (tests, CPU-only machines) they fail to build, and gsplat's own
 ``_torch_impl`` reference still calls a CUDA kernel (``rasterize_to_indices_in_range``) and bins
-tiles in a Python loop over Gaussians. ``rasterize_torch`` is a drop-in for the subset of
+tiles in a Python loop over Gaussians. ``rasterize_cpu`` is a drop-in for the subset of
 ``gsplat.rasterization`` we use (pinhole, ``packed=False``, classic mode): same arguments, same
 outputs, same ``meta`` keys, so gsplat's ``DefaultStrategy`` works unchanged on CPU.
-``render_gaussians`` uses gsplat's kernels for CUDA tensors and this path otherwise.
+``render_gaussians`` uses gsplat's kernels for CUDA tensors and ``rasterize_cpu`` otherwise.
 
 Semantics follow gsplat 1.5.3's CUDA kernels:
 - projection: EWA with ``eps2d`` blur; radii use the opacity-aware extent
@@ -19,11 +19,15 @@ Semantics follow gsplat 1.5.3's CUDA kernels:
 - ``render_alphas`` is the accumulated opacity; backgrounds are added as ``(1 - alpha) * bg``;
   "ED" depth is divided by ``alpha.clamp(min=1e-10)``.
 
-How the CPU path is fast (see ``_intersect`` and ``_CompositeTiles``): a Gaussian is listed only
-in the tiles its alpha >= 1/255 ellipse reaches (box test, then an exact box-ellipse test); all
-tiles are composited together a block of Gaussians at a time, and a tile drops out once all its
-pixels are opaque, so hidden Gaussians cost little; the compositing backward is hand-written.
-Small tiles suit CPUs: ``render_gaussians`` uses 8x8 (``CPU_TILE_SIZE``).
+How the CPU path is fast: projection, tile binning and compositing, forward and backward, are
+numba kernels (``render/cpu_kernels.py``): a pure-torch version of the same algorithm spent most
+of its time in the overhead of hundreds of small ops. A Gaussian is listed only in the tiles its
+alpha >= 1/255 ellipse reaches (box test, then an exact box-ellipse test), and each pixel stops
+at its own transmittance cut-off; within a tile, a Gaussian visits only the pixels under its
+ellipse's bounding box. ``render_gaussians`` uses 16x16 tiles (``CPU_TILE_SIZE``).
+
+``rasterize_dense`` is the reference the kernels are tested against: plain torch autograd,
+every Gaussian at every pixel, with its own projection (``_project``, gsplat's torch helpers).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from gsplat.cuda._torch_impl import (
 )
 
 from threedgen.cameras import Cameras
+from threedgen.render import cpu_kernels as kernels
+from threedgen.render.cpu_kernels import as_numpy
 from threedgen.render.types import RenderOutput
 
 ALPHA_THRESHOLD = 1.0 / 255.0
@@ -47,13 +53,10 @@ ALPHA_MAX = 0.999
 T_MIN = 1e-4  # a pixel is done once its transmittance would drop to <= 1e-4
 LOG_T_MIN = math.log(T_MIN)
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
-CPU_TILE_SIZE = 8  # fastest on CPU across small and large Gaussians (4 and 16 are worse overall)
-_BLOCK = 32  # Gaussians per tile composited per step (see _CompositeTiles)
-# Tiles x block x pixels composited at once, at most (bounds the memory of each step).
-_MAX_STEP_ELEMENTS = 1 << 22
+CPU_TILE_SIZE = 16  # fastest overall at 32-128 px, 2k-5k Gaussians (8 is close at 32 px)
 
 # ----------------------------------------------------------------------------------------------
-# Projection and colours (shared by the tiled and dense rasterizers)
+# The reference's projection (torch), and colours (shared)
 # ----------------------------------------------------------------------------------------------
 
 def _project(means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane,
@@ -165,199 +168,90 @@ def _meta(radii, means2d, depths, conics, opacities, width, height, tile_size, C
 
 
 # ----------------------------------------------------------------------------------------------
-# Tiled rasterizer
+# Tiled CPU rasterizer (numba kernels in render/cpu_kernels.py)
 # ----------------------------------------------------------------------------------------------
 
-def _pixel_basis(tile_size: int, device, dtype) -> Tensor:
-    """[P, 6] quadratic basis (1, x, y, x^2, y^2, xy) of the P = tile_size^2 pixel centres of a
-    tile, in coordinates relative to the tile centre (small numbers: better float32 accuracy)."""
-    r = torch.arange(tile_size, device=device, dtype=dtype) + 0.5 - 0.5 * tile_size
-    y, x = torch.meshgrid(r, r, indexing="ij")
-    x, y = x.reshape(-1), y.reshape(-1)
-    return torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], dim=-1)
+class _Project(torch.autograd.Function):
+    """EWA projection on CPU: (means [N, 3], quats [N, 4], scales [N, 3]) -> radii [C, N, 2]
+    int32 (not differentiable), means2d [C, N, 2], depths [C, N], conics [C, N, 3], as
+    ``_project`` (the torch reference) computes them. Opacities only cull (their gradient comes
+    through compositing); no gradient flows to the cameras."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacities, viewmats, Ks, width, height, near, far,
+                eps2d):
+        C, N = viewmats.shape[0], means.shape[0]
+        means2d, depths = means.new_empty(C, N, 2), means.new_empty(C, N)
+        conics = means.new_empty(C, N, 3)
+        radii = torch.empty(C, N, 2, dtype=torch.int32)
+        arrays = [as_numpy(t) for t in (means, quats, scales, opacities, viewmats, Ks)]
+        with kernels.threads():
+            kernels.project_forward(*arrays, width, height, near, far, eps2d, means2d.numpy(),
+                                    depths.numpy(), conics.numpy(), radii.numpy())
+        ctx.mark_non_differentiable(radii)
+        ctx.save_for_backward(means, quats, scales, viewmats, Ks, radii)
+        ctx.sizes = (width, height, eps2d)
+        return radii, means2d, depths, conics
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, _, g_means2d, g_depths, g_conics):
+        means, quats, scales, viewmats, Ks, radii = ctx.saved_tensors
+        C, N = viewmats.shape[0], means.shape[0]
+        g_means2d = means.new_zeros(C, N, 2) if g_means2d is None else g_means2d
+        g_depths = means.new_zeros(C, N) if g_depths is None else g_depths
+        g_conics = means.new_zeros(C, N, 3) if g_conics is None else g_conics
+        grads = [torch.zeros_like(t) for t in (means, quats, scales)]
+        arrays = [as_numpy(t) for t in (means, quats, scales, viewmats, Ks)]
+        with kernels.threads():
+            kernels.project_backward(*arrays, *ctx.sizes, as_numpy(radii), as_numpy(g_means2d),
+                                     as_numpy(g_depths), as_numpy(g_conics),
+                                     *[g.numpy() for g in grads])
+        return (*grads, *[None] * 8)
 
 
-def _quadratic_coefficients(mx, my, conic, log_opac):
-    """coef [..., 6] of s(x, y) = 0.5 a dx^2 + b dx dy + 0.5 c dy^2 - log(o), dx = x - mx, in the
-    basis (1, x, y, x^2, y^2, xy); alpha_raw = exp(-s). mx, my, log_opac [...]; conic [..., 3]."""
-    a, b, c = conic.unbind(-1)
-    ha, hc = 0.5 * a, 0.5 * c
-    const = ha * mx * mx + hc * my * my + b * mx * my - log_opac
-    return torch.stack([const, -(a * mx + b * my), -(c * my + b * mx), ha, hc, b], dim=-1)
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of the tiles of C images over their depth-sorted lists.
 
-
-@torch.no_grad()
-def _min_sigma_in_box(mx, my, a, b, c, x0, x1, y0, y1):
-    """Minimum over the box [x0, x1] x [y0, y1] of sigma = 0.5 a dx^2 + b dx dy + 0.5 c dy^2,
-    with dx = x - mx, dy = y - my (a convex quadratic). All arguments have the same shape.
-
-    The minimiser lies on an edge that faces the centre (KKT: on an edge whose outward normal
-    points away from the centre the gradient would push inwards). The two candidates: the line
-    x = clamp(mx, x0, x1) minimised over y in the box, and the line y = clamp(my, y0, y1)
-    minimised over x; both are points of the box, and the facing edges are among them (a centre
-    inside the box gives 0)."""
-    lo_x, hi_x, lo_y, hi_y = x0 - mx, x1 - mx, y0 - my, y1 - my
-    dx = torch.clamp(torch.zeros_like(lo_x), lo_x, hi_x)
-    dy = torch.clamp(torch.zeros_like(lo_y), lo_y, hi_y)
-    # Along x = mx + dx: the best dy is -b dx / c (clamped); along y = my + dy: -b dy / a.
-    dy1 = torch.clamp(b * dx / c, -hi_y, -lo_y).neg_()
-    dx2 = torch.clamp(b * dy / a, -hi_x, -lo_x).neg_()
-    two_sigma1 = dx * (a * dx + 2 * b * dy1) + c * dy1 * dy1
-    two_sigma2 = dy * (c * dy + 2 * b * dx2) + a * dx2 * dx2
-    return 0.5 * torch.minimum(two_sigma1, two_sigma2)
-
-
-@torch.no_grad()
-def _intersect(cam_ids, means2d, radii, depths, conics, opacities, width, height, tile_size,
-               tile_width, tile_height):
-    """Tile lists for the M visible (camera, Gaussian) pairs.
-
-    A pair is listed in every tile its box (radii) overlaps and whose pixel centres its
-    alpha >= 1/255 ellipse actually reaches (an exact box-ellipse test; gsplat uses the box).
-    All inputs are per visible pair: cam_ids [M], means2d [M, 2], radii [M, 2], depths [M],
-    conics [M, 3], opacities [M].
-    Returns entry [I] (pair index of each intersection, sorted by tile then depth), tile [I]
-    (camera-major tile index) and per_pair [M] (tiles per pair).
-    """
-    device, dtype = means2d.device, means2d.dtype
-    M = cam_ids.numel()
-    # Work in depth order, so that a stable sort by tile leaves each tile's list depth-sorted.
-    by_depth = torch.argsort(depths)
-    r = radii.to(dtype)
-    lo = torch.floor((means2d - r) / tile_size).long()
-    hi = torch.ceil((means2d + r) / tile_size).long()
-    lo[:, 0].clamp_(0, tile_width), hi[:, 0].clamp_(0, tile_width)
-    lo[:, 1].clamp_(0, tile_height), hi[:, 1].clamp_(0, tile_height)
-    # One gather per intersection: [lo_x, lo_y, nx, tile offset of the camera].
-    ints = torch.stack([lo[:, 0], lo[:, 1], hi[:, 0] - lo[:, 0],
-                        cam_ids * (tile_height * tile_width)], dim=-1).index_select(0, by_depth)
-    per_box = ints[:, 2] * (hi[:, 1] - lo[:, 1]).index_select(0, by_depth)  # [M], depth order
-    n_box = int(per_box.sum())
-    slot = torch.repeat_interleave(torch.arange(M, device=device), per_box, output_size=n_box)
-    start = torch.cumsum(per_box, 0) - per_box
-    local = torch.arange(n_box, device=device) - start.index_select(0, slot)
-    lox, loy, nx, cam_off = ints.index_select(0, slot).unbind(-1)
-    tx, ty = lox + local % nx, loy + local // nx
-    # Exact test against the tile's pixel-centre box.
-    floats = torch.cat([means2d, conics, torch.log(opacities / ALPHA_THRESHOLD)[:, None]], dim=-1)
-    mx, my, a, b, c, reach = floats.index_select(0, by_depth).index_select(0, slot).unbind(-1)
-    x0, y0 = (tx * tile_size).to(dtype) + 0.5, (ty * tile_size).to(dtype) + 0.5
-    x1 = torch.clamp_max(x0 + (tile_size - 1), width - 0.5)
-    y1 = torch.clamp_max(y0 + (tile_size - 1), height - 0.5)
-    min_sigma = _min_sigma_in_box(mx, my, a, b, c, x0, x1, y0, y1)
-    # alpha >= 1/255 <=> sigma <= reach = log(255 o); a little slack is harmless.
-    hit = (min_sigma <= reach * (1 + 1e-4) + 1e-4).nonzero().squeeze(1)
-    slot = slot.index_select(0, hit)
-    tile = (cam_off + ty * tile_width + tx).index_select(0, hit)
-    tile, order = torch.sort(tile.int(), stable=True)  # int32: a much faster (radix) sort
-    tile = tile.long()
-    entry = by_depth.index_select(0, slot.index_select(0, order))
-    per_pair = torch.bincount(entry, minlength=M)
-    return entry, tile, per_pair
-
-
-class _CompositeTiles(torch.autograd.Function):
-    """Front-to-back compositing of T tiles of P pixels over their depth-sorted Gaussian lists.
-
-    coef [I + 1, 6]: per intersection, the coefficients of ``s = sigma - log(opacity)`` in the
-    tile's pixel basis (``alpha_raw = exp(-s)``, ``s = basis @ coef``); row I is padding (alpha 0).
-    feats [I + 1, D]. basis [P, 6]. starts, counts [T] (long): each tile's range of rows.
-    block: Gaussians composited per step.
-    Returns [T, D + 1, P]: composited features and, last, the accumulated alpha.
-
-    Gaussians are taken ``block`` at a time per tile, carrying each pixel's transmittance; a tile
-    leaves the batch once all its pixels are done (transmittance <= 1e-4) or its list is
-    exhausted, so opaque surfaces cost only the Gaussians in front of them and skewed counts cost
-    no padding. Intermediates are laid out [P, A, k] (A active tiles): one GEMM gives s (and,
-    backward, the coefficient gradients) and the scans run along the innermost axis.
-    Transmittance is a cumulative product and s is clamped before the exp, to avoid denormals
-    (very slow on CPUs). The backward is written by hand: autograd over the dozen element-wise
-    ops is several times slower and keeps every intermediate alive.
+    Per visible pair: means2d [M, 2], conics [M, 3], opacities [M], feats [M, D]; reach [M]
+    (log(255 o), no grad); entries [I] (long, pair indices grouped by tile, depth-sorted),
+    starts/counts [C th tw] (long). Returns [C, H, W, D + 1]: composited features and, last,
+    the accumulated alpha.
     """
 
     @staticmethod
-    def forward(ctx, coef, feats, basis, starts, counts, block):
-        T, P, D1 = starts.numel(), basis.shape[0], feats.shape[-1] + 1
-        I = coef.shape[0] - 1  # padding row
-        dev, dt = coef.device, coef.dtype
-        feats1 = torch.cat([feats, torch.ones_like(feats[:, :1])], dim=-1)  # [I + 1, D + 1]
-        coef_neg = coef.neg()
-        out = torch.zeros(T, D1, P, dtype=dt, device=dev)
-        carry = torch.ones(P, T, dtype=dt, device=dev)  # transmittance so far
-        active = torch.arange(T, device=dev)[counts > 0]
-        K = int(counts.max()) if T else 0
-        blocks = []
-        for k0 in range(0, K, block):
-            if active.numel() == 0:
-                break
-            kb, A = min(block, K - k0), active.numel()
-            ks = torch.arange(k0, k0 + kb, device=dev)
-            rows = starts[active, None] + ks  # [A, kb]
-            rows = torch.where(ks < counts[active, None], rows, torch.full_like(rows, I))
-            flat_rows = rows.view(-1)
-            alpha = torch.mm(basis, coef_neg.index_select(0, flat_rows).t()).view(P, A, kb)  # -s
-            alpha = alpha.clamp_min_(-30.0).exp_().clamp_max_(ALPHA_MAX)
-            clamped = bool(alpha.max() >= ALPHA_MAX)
-            torch.nn.functional.threshold_(alpha, ALPHA_THRESHOLD, 0.0)  # drop alpha < 1/255
-            # trans_ext[..., k] = carry * prod_{j < k} (1 - alpha_j): transmittance before k.
-            trans_ext = torch.empty(P, A, kb + 1, dtype=dt, device=dev)
-            trans_ext[..., 0] = carry.index_select(1, active)
-            torch.neg(alpha, out=trans_ext[..., 1:]).add_(1.0)
-            trans_ext.cumprod_(dim=2)
-            after = trans_ext[..., kb]
-            if bool((after <= T_MIN).any()):
-                # A pixel is done once transmittance would fall to <= 1e-4 (exclusive, as
-                # gsplat): drop that Gaussian and everything behind it.
-                alpha.masked_fill_(trans_ext[..., 1:] <= T_MIN, 0.0)
-                after = after.masked_fill(after <= T_MIN, 0.0)
-            carry.index_copy_(1, active, after)
-            trans = trans_ext[..., :kb]
-            f = feats1.index_select(0, flat_rows).view(A, kb, D1)
-            # [A, D + 1, P]: this orientation of the small GEMMs is ~4x faster than [A, P, D + 1].
-            weights = (alpha * trans).permute(1, 2, 0)  # [A, kb, P]
-            out.index_add_(0, active, torch.bmm(f.transpose(1, 2), weights))
-            blocks.append((active, flat_rows, alpha, trans, f, clamped))
-            live = (after > 0).any(dim=0) & (counts[active] > k0 + kb)
-            active = active[live]
-        ctx.blocks = blocks
-        ctx.rows = I + 1
-        ctx.save_for_backward(basis)
+    def forward(ctx, means2d, conics, opacities, feats, reach, entries, starts, counts,
+                tile_size, tile_width, tile_height, image_size):
+        C, (H, W), D = counts.shape[0] // (tile_width * tile_height), image_size, feats.shape[1]
+        out = feats.new_zeros(C, H, W, D + 1)
+        final_trans = torch.empty(C, H, W, dtype=torch.float64)
+        ends = torch.empty(C, H, W, dtype=torch.int64)
+        geometry = (means2d, conics, opacities, reach, feats)
+        with kernels.threads():
+            kernels.composite_forward(*[as_numpy(t) for t in (*geometry, entries, starts, counts)],
+                                      tile_size, tile_width, tile_height, out.numpy(),
+                                      final_trans.numpy(), ends.numpy())
+        ctx.save_for_backward(*geometry, entries, starts, final_trans, ends)
+        ctx.tiles = (tile_size, tile_width, tile_height)
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        (basis,) = ctx.saved_tensors
-        T, D1, P = grad_out.shape
-        dev, dt = basis.device, basis.dtype
-        grad_out = grad_out.contiguous()
-        grad_coef = torch.zeros(ctx.rows, 6, dtype=dt, device=dev)
-        grad_feats = torch.zeros(ctx.rows, D1, dtype=dt, device=dev)
-        basis_t = basis.t().contiguous()  # [6, P]
-        later = torch.zeros(P, T, dtype=dt, device=dev)  # sum over later blocks of v w
-        for active, rows, alpha, trans, f, clamped in reversed(ctx.blocks):
-            A, kb = f.shape[:2]
-            g = grad_out.index_select(0, active)  # [A, D + 1, P]
-            v = torch.bmm(g.transpose(1, 2), f.transpose(1, 2))  # dL/dw [A, P, kb]
-            v = v.transpose(0, 1).contiguous()  # [P, A, kb]
-            weights = alpha * trans
-            grad_f = torch.bmm(g, weights.transpose(0, 1))  # [A, D + 1, kb]
-            grad_feats.index_add_(0, rows, grad_f.transpose(1, 2).reshape(-1, D1))
-            suffix = weights.mul_(v).cumsum_(dim=2)
-            total = suffix[..., -1].clone()  # [P, A]
-            suffix.neg_().add_((total + later.index_select(1, active))[..., None])  # j > k
-            later.index_add_(1, active, total)
-            suffix.div_(torch.rsub(alpha, 1.0))
-            # dL/dalpha = v T - suffix / (1 - alpha); alpha = exp(-s): dL/ds = -alpha dL/dalpha.
-            q = v.mul_(trans).sub_(suffix).mul_(alpha)
-            if clamped:
-                q.masked_fill_(alpha >= ALPHA_MAX, 0.0)  # no gradient through the clamp (gsplat)
-            # [6, A kb] then transposed: ~7x faster than the [A kb, 6] orientation of this GEMM.
-            grad_coef.index_add_(0, rows, torch.mm(basis_t, q.view(P, A * kb)).t().neg_())
-        return grad_coef, grad_feats[:, :-1], None, None, None, None
+        saved = ctx.saved_tensors
+        feats, entries = saved[4], saved[5]
+        I, (M, D) = entries.shape[0], feats.shape
+        g_geom, g_feats = feats.new_zeros(I, 6), feats.new_zeros(I, D)
+        with kernels.threads():
+            kernels.composite_backward(*[as_numpy(t) for t in saved], *ctx.tiles,
+                                       as_numpy(grad_out), g_geom.numpy(), g_feats.numpy())
+        # Per intersection -> per pair.
+        g_geom = feats.new_zeros(M, 6).index_add_(0, entries, g_geom)
+        g_feats = feats.new_zeros(M, D).index_add_(0, entries, g_feats)
+        return (g_geom[:, :2], g_geom[:, 2:5], g_geom[:, 5], g_feats, *[None] * 8)
 
 
-def rasterize_torch(
+def rasterize_cpu(
     means: Tensor,
     quats: Tensor,
     scales: Tensor,
@@ -376,7 +270,7 @@ def rasterize_torch(
     eps2d: float = 0.3,
     render_mode: str = "RGB+ED",
 ) -> tuple[Tensor, Tensor, dict]:
-    """Pure-torch tiled 3DGS rasterizer with gsplat.rasterization's interface (packed=False).
+    """Tiled 3DGS rasterizer for CPU tensors with gsplat.rasterization's interface (packed=False).
 
     Args:
         means [N, 3], quats [N, 4] (wxyz, need not be normalised), scales [N, 3] (linear),
@@ -384,7 +278,7 @@ def rasterize_torch(
         coefficients [N, K, 3] / [C, N, K, 3] when sh_degree is given.
         viewmats [C, 4, 4] world-to-camera (OpenCV axes), Ks [C, 3, 3]. backgrounds [C, D].
         render_mode: "RGB", "D", "ED", "RGB+D" or "RGB+ED" (depth appended as the last channel).
-        tile_size: does not change the image; on CPU 8 is usually fastest (16 is gsplat's).
+        tile_size: does not change the image (16 is gsplat's and ``CPU_TILE_SIZE``).
 
     Returns:
         render_colors [C, H, W, D (+1 with depth)], render_alphas [C, H, W, 1], meta (gsplat's
@@ -393,67 +287,47 @@ def rasterize_torch(
         "gaussian_ids" None, "tiles_per_gauss" [C, N], "flatten_ids" [I], "isect_offsets"
         [C, th, tw], ...).
 
-    Each visible Gaussian is listed in the tiles it reaches, each tile's list is sorted by depth,
-    and all tiles are composited together, a block of Gaussians at a time (_CompositeTiles).
+    Projection, tile binning and compositing (forward and backward) run in numba kernels
+    (``render/cpu_kernels.py``); colours, spherical harmonics and backgrounds in torch.
     """
     assert render_mode in RENDER_MODES, render_mode
+    if means.is_cuda:
+        raise ValueError("rasterize_cpu takes CPU tensors; use gsplat's rasterization on CUDA")
     N, C = means.shape[0], viewmats.shape[0]
     _check_colors(colors, N, C, sh_degree)
-    device, dtype = means.device, means.dtype
-    radii, means2d, depths, conics, opac_cn = _project(
+    viewmats, Ks = viewmats.to(means.dtype), Ks.to(means.dtype)
+    radii, means2d, depths, conics = _Project.apply(
         means, quats, scales, opacities, viewmats, Ks, width, height, near_plane, far_plane, eps2d)
+    opac_cn = opacities[None, :].expand(C, N)
     meta = _meta(radii, means2d, depths, conics, opac_cn, width, height, tile_size, C)
     tw, th = meta["tile_width"], meta["tile_height"]
-    n_tiles = C * th * tw
 
-    # Visible (camera, Gaussian) pairs and their tile lists (no grad).
-    with torch.no_grad():
+    with torch.no_grad():  # visible (camera, Gaussian) pairs and their tile lists
         cam_ids, g_ids = (radii > 0).all(dim=-1).nonzero(as_tuple=True)  # [M]
-        M = cam_ids.numel()
-        entry, tile, per_pair = _intersect(
-            cam_ids, means2d.detach()[cam_ids, g_ids], radii[cam_ids, g_ids],
-            depths.detach()[cam_ids, g_ids], conics.detach()[cam_ids, g_ids],
-            opac_cn.detach()[cam_ids, g_ids], width, height, tile_size, tw, th)
-        tile_counts = torch.bincount(tile, minlength=n_tiles)  # [n_tiles]
+        pair = cam_ids * N + g_ids
+        m2 = means2d.detach().reshape(C * N, 2)[pair]
+        con = conics.detach().reshape(C * N, 3)[pair]
+        reach = torch.log(opacities.detach()[g_ids] / ALPHA_THRESHOLD)
+        by_depth = torch.argsort(depths.detach().reshape(-1)[pair])
+        with kernels.threads():
+            lists = kernels.intersect(*[as_numpy(t) for t in (
+                cam_ids, m2, radii.reshape(C * N, 2)[pair], con, reach, by_depth)], tile_size,
+                tw, th, width, height, C)
+        entries, tile_counts, per_pair = (torch.from_numpy(a) for a in lists)
         tile_starts = torch.cumsum(tile_counts, 0) - tile_counts
-        tiles_per_gauss = torch.zeros(C, N, dtype=torch.int32, device=device)
+        tiles_per_gauss = torch.zeros(C, N, dtype=torch.int32)
         tiles_per_gauss[cam_ids, g_ids] = per_pair.int()
         meta["tiles_per_gauss"] = tiles_per_gauss
-        meta["flatten_ids"] = (cam_ids * N + g_ids)[entry].int()
+        meta["flatten_ids"] = pair[entries].int()
         meta["isect_offsets"] = tile_starts.reshape(C, th, tw).int()
-        tix = torch.arange(n_tiles, device=device)
-        centres = torch.stack([tix % tw, (tix // tw) % th], dim=-1).to(dtype)
-        centres = (centres + 0.5) * tile_size  # [n_tiles, 2] tile centres in pixels
 
-    # Per intersection quantities (with grad), plus one padding row.
     feats = _features(render_mode, _colors_at(colors, sh_degree, means, viewmats, cam_ids, g_ids),
-                      depths.reshape(-1).index_select(0, cam_ids * N + g_ids))  # [M, D']
+                      depths.reshape(-1).index_select(0, pair))  # [M, D]
     D = feats.shape[-1]
-    pair_flat = (cam_ids * N + g_ids).index_select(0, entry)  # [I] into C * N
-    mc = torch.cat([means2d, conics], dim=-1).reshape(C * N, 5).index_select(0, pair_flat)
-    local = mc[:, :2] - centres.index_select(0, tile)  # [I, 2] tile-local means
-    log_opac = torch.log(opacities.index_select(0, g_ids.index_select(0, entry)))  # >= log(1/255)
-    coef = _quadratic_coefficients(local[:, 0], local[:, 1], mc[:, 2:], log_opac)  # [I, 6]
-    coef = torch.cat([coef, coef.new_tensor([[1e4, 0, 0, 0, 0, 0]])], dim=0)
-    feats = torch.cat([feats.index_select(0, entry), feats.new_zeros(1, D)], dim=0)
-    basis = _pixel_basis(tile_size, device, dtype)
-
-    P = tile_size * tile_size
-    per_call = max(1, _MAX_STEP_ELEMENTS // (_BLOCK * P))
-    if n_tiles <= per_call:
-        tiles_out = _CompositeTiles.apply(coef, feats, basis, tile_starts, tile_counts, _BLOCK)
-    else:  # batches of tiles with similar counts (bounded memory per step)
-        order = torch.argsort(tile_counts, descending=True)
-        outs = [_CompositeTiles.apply(coef, feats, basis, tile_starts[o], tile_counts[o], _BLOCK)
-                for o in order.split(per_call)]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(n_tiles, device=device)
-        tiles_out = torch.cat(outs, dim=0)[inverse]
-    if M == 0 and means2d.requires_grad:
-        tiles_out = tiles_out + 0.0 * means2d.sum()  # keep the graph connected: nothing visible
-    img = tiles_out.reshape(C, th, tw, D + 1, tile_size, tile_size)
-    img = img.permute(0, 1, 4, 2, 5, 3).reshape(C, th * tile_size, tw * tile_size, D + 1)
-    img = img[:, :height, :width]
+    img = _Composite.apply(means2d.reshape(C * N, 2).index_select(0, pair),
+                           conics.reshape(C * N, 3).index_select(0, pair),
+                           opacities.index_select(0, g_ids), feats, reach, entries, tile_starts,
+                           tile_counts, tile_size, tw, th, (height, width))
     render, render_alphas = img[..., :D], img[..., D:]
     render = _finish(render, render_alphas, backgrounds, render_mode)
     return render, render_alphas, meta
@@ -501,7 +375,7 @@ def rasterize_dense(
     render_mode: str = "RGB+ED",
     pixel_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
-    """All-pixels reference for ``rasterize_torch`` (same arguments and outputs): every Gaussian
+    """All-pixels reference for ``rasterize_cpu`` (same arguments and outputs): every Gaussian
     is evaluated at every pixel (culled ones get zero opacity), no tiles, plain autograd. Pixels
     are processed in chunks of ``pixel_chunk`` (default: about 4M Gaussian-pixel pairs per
     chunk), under activation checkpointing when there are more than 16M pairs, to bound memory. ``tile_size`` only sets meta's tile
@@ -568,13 +442,13 @@ def render_gaussians(
 
     means [N, 3], quats [N, 4] (wxyz), scales [N, 3] (linear), opacities [N] in [0, 1],
     colors [N, 3] (RGB in [0, 1]) or SH coefficients [N, K, 3] with sh_degree; background [3].
-    backend: "auto" (gsplat's CUDA kernels for CUDA tensors, else "torch"), "torch" (tiled,
-    pure torch), "dense" (reference) or "gsplat".
+    backend: "auto" (gsplat's CUDA kernels for CUDA tensors, else "cpu"), "cpu" (tiled,
+    numba kernels), "dense" (torch reference) or "gsplat".
     Returns RenderOutput with rgb [B, 3, H, W], alpha [B, 1, H, W], depth [B, 1, H, W] (expected
     depth, 0 where alpha is 0), normal None, info = the rasterizer's meta (for DefaultStrategy).
     """
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "torch"
+        backend = "gsplat" if means.is_cuda else "cpu"
     viewmats, Ks = cameras.viewmats().to(means), cameras.intrinsics().to(means)
     B = viewmats.shape[0]
     backgrounds = background.to(means).reshape(1, 3).expand(B, 3)
@@ -584,8 +458,8 @@ def render_gaussians(
         from gsplat import rasterization
         render, alphas, meta = rasterization(means, quats, scales, opacities, colors, viewmats, Ks,
                                              *size, packed=False, **kwargs)
-    elif backend == "torch":
-        render, alphas, meta = rasterize_torch(means, quats, scales, opacities, colors, viewmats,
+    elif backend == "cpu":
+        render, alphas, meta = rasterize_cpu(means, quats, scales, opacities, colors, viewmats,
                                                Ks, *size, tile_size=CPU_TILE_SIZE, **kwargs)
     elif backend == "dense":
         render, alphas, meta = rasterize_dense(means, quats, scales, opacities, colors, viewmats,
@@ -593,7 +467,7 @@ def render_gaussians(
     else:
         raise ValueError(f"unknown backend {backend!r}")
     if meta["means2d"].requires_grad:
-        meta["means2d"].retain_grad()  # for DefaultStrategy (rasterize_torch does it already)
+        meta["means2d"].retain_grad()  # for DefaultStrategy (rasterize_cpu does it already)
     rgb = render[..., :3].permute(0, 3, 1, 2)
     alpha = alphas.permute(0, 3, 1, 2)
     depth = torch.where(alpha > 0, render[..., 3:4].permute(0, 3, 1, 2), torch.zeros_like(alpha))

@@ -1,11 +1,11 @@
 """A pure-torch explicit radiance field: dense density + colour grids inside [-aabb, aabb]^3.
 
 Values live on the R^3 vertices of a regular grid spanning the box (vertex 0 at -aabb, vertex R-1
-at +aabb, indexed [x, y, z]) and are trilinearly interpolated by ``F.grid_sample``'s fused kernel
-(forward + backward about half the time of the written-out version on CPU). When the points
-require grad (normals, for the orientation regulariser, are the density's spatial gradient and
-need d(normal)/d(grid)), the interpolation is written out instead (index_select of the 8 corners):
-3D grid_sample has no double backward.
+at +aabb, indexed [x, y, z]) and are trilinearly interpolated by ``render.grids.sample_grid``
+(numba kernels on CPU, ``F.grid_sample`` on CUDA). When the points require grad (normals, for the
+orientation regulariser, are the density's spatial gradient and need d(normal)/d(grid)), the
+interpolation is written out instead (index_select of the 8 corners): neither has a double
+backward.
 
 density(p) = act(raw_density(p) + blob(p)), blob(p) = blob_density * (1 - |p| / blob_radius)
 (threestudio's "blob_magic3d" bias), so optimisation starts from a soft sphere of radius
@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
 from threedgen.config import Scheduled, weighted_terms
+from threedgen.render.grids import sample_grid
 from threedgen.render.types import RenderOutput
 from threedgen.render.volume import render_volume, surface_colour
 
@@ -194,10 +195,7 @@ class NeRF(nn.Module):
     def _grid_sample(self, points: Tensor) -> Tensor:
         """points [M, 3] -> raw [M, 4] (density, rgb logits), clamped at the box like the cells."""
         table = torch.cat([self.density[None], self.color.permute(3, 0, 1, 2)])  # [4, R, R, R] over [x, y, z]
-        # grid_sample reads a [D, H, W] volume at (x -> W, y -> H, z -> D): ours is [x, y, z].
-        uvw = (points / self.aabb).flip(-1)[None, :, None, None]  # [1, M, 1, 1, 3]
-        raw = F.grid_sample(table[None], uvw, align_corners=True, padding_mode="border")
-        return raw[0, :, :, 0, 0].t()
+        return sample_grid(table, points, self.aabb)
 
     def _activate(self, points: Tensor, raw: Tensor) -> tuple[Tensor, Tensor]:
         """raw [M, 4] -> (density [M], rgb [M, 3]), adding the blob bias."""

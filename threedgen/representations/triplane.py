@@ -1,7 +1,8 @@
 """A triplane radiance field: three axis-aligned feature planes and a small MLP decoder.
 
 features(p) = P_xy(x, y) + P_xz(x, z) + P_yz(y, z), each plane bilinearly sampled
-(``F.grid_sample``, align_corners=True, so plane pixel 0 sits at -aabb and pixel R-1 at +aabb);
+(``render.grids.sample_triplane``, as ``F.grid_sample`` with align_corners=True: plane pixel 0
+sits at -aabb and pixel R-1 at +aabb);
 (raw_density, raw_rgb) = MLP(features); density = act(raw_density + blob(p)) with the same
 "blob_magic3d" bias as the NeRF grid; rgb = sigmoid(raw_rgb).
 
@@ -26,22 +27,10 @@ from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
 from threedgen.config import Scheduled, weighted_terms
+from threedgen.render.grids import sample_triplane
 from threedgen.render.types import RenderOutput
 from threedgen.render.volume import render_volume, surface_colour
 from threedgen.representations.nerf import _ACTIVATIONS, opacity_entropy, opacity_sparsity
-
-PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # xy, xz, yz
-
-
-def triplane_features(planes: Tensor, points: Tensor, aabb: float) -> Tensor:
-    """planes [3, C, R, R] (xy, xz, yz), points [M, 3] in [-aabb, aabb]^3 -> features [M, C]: the
-    sum of the three planes bilinearly sampled at the point's projections. Plane k's pixel [c, i, j]
-    sits at (first axis, second axis) = (-aabb + 2 aabb j / (R-1), -aabb + 2 aabb i / (R-1))."""
-    p = points / aabb  # [M, 3] in [-1, 1]
-    uv = torch.stack([p[:, list(axes)] for axes in PLANE_AXES])[:, :, None]  # [3, M, 1, 2]
-    # One call, the planes as a batch of three: one fused kernel forward and backward.
-    return F.grid_sample(planes, uv, align_corners=True)[..., 0].sum(0).t()  # [M, C]
-
 
 class Triplane(nn.Module):
     @dataclass(frozen=True)
@@ -105,7 +94,7 @@ class Triplane(nn.Module):
 
     def decode(self, planes: Tensor, points: Tensor) -> tuple[Tensor, Tensor]:
         """planes [3, C, R, R], points [M, 3] in the box -> (density [M] >= 0, rgb [M, 3])."""
-        raw = self.decoder(triplane_features(planes, points, self.cfg.aabb))  # [M, 4]
+        raw = self.decoder(sample_triplane(planes, points, self.cfg.aabb))  # [M, 4]
         return self.activation(raw[:, 0] + self.blob(points)), torch.sigmoid(raw[:, 1:])
 
     def field(self, points: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,4 +176,4 @@ class Triplane(nn.Module):
                              generator=generator)
 
 
-__all__ = ["Triplane", "triplane_features"]
+__all__ = ["Triplane"]

@@ -1,0 +1,95 @@
+"""Sampling the volume fields' grids: trilinear (the NeRF's vertex grid) and triplane (three
+bilinear planes, summed), as ``F.grid_sample`` with align_corners=True computes them.
+
+On CPU, when the points need no gradient, numba kernels (``render/cpu_kernels.py``) run both
+directions: torch's CPU grid_sample backward is serial and took most of a NeRF or triplane step.
+Elsewhere (CUDA, or points that require grad: normals need the double backward that the
+kernels do not provide) this is ``F.grid_sample`` itself.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from threedgen.render import cpu_kernels as kernels
+from threedgen.render.cpu_kernels import as_numpy
+
+PLANE_AXES = kernels.PLANE_AXES  # xy, xz, yz
+
+
+def _use_kernels(grid: Tensor, points: Tensor) -> bool:
+    return not grid.is_cuda and not points.requires_grad
+
+
+def _chunks(points: Tensor) -> int:
+    """Chunks of points for a backward scatter (each into its own grid, summed in order): set by
+    the number of points alone, never by the thread count, so that results do not depend on it."""
+    return max(1, min(4, points.shape[0] // 16384))
+
+
+class _Trilinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, grid, points, aabb):
+        out = grid.new_empty(points.shape[0], grid.shape[-1])
+        with kernels.threads():
+            kernels.trilinear_forward(as_numpy(grid), as_numpy(points), aabb, out.numpy())
+        ctx.save_for_backward(points)
+        ctx.aabb, ctx.grid_shape = aabb, grid.shape
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (points,) = ctx.saved_tensors
+        grads = grad_out.new_zeros(_chunks(points), *ctx.grid_shape)
+        with kernels.threads():
+            kernels.trilinear_backward(as_numpy(points), ctx.aabb, as_numpy(grad_out),
+                                       grads.numpy())
+        return grads.sum(0), None, None
+
+
+class _Triplane(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, planes, points, aabb):
+        out = planes.new_empty(points.shape[0], planes.shape[-1])
+        with kernels.threads():
+            kernels.triplane_forward(as_numpy(planes), as_numpy(points), aabb, out.numpy())
+        ctx.save_for_backward(points)
+        ctx.aabb, ctx.planes_shape = aabb, planes.shape
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (points,) = ctx.saved_tensors
+        grads = grad_out.new_zeros(_chunks(points), *ctx.planes_shape)
+        with kernels.threads():
+            kernels.triplane_backward(as_numpy(points), ctx.aabb, as_numpy(grad_out),
+                                      grads.numpy())
+        return grads.sum(0), None, None
+
+
+def sample_grid(grid: Tensor, points: Tensor, aabb: float) -> Tensor:
+    """grid [C, R, R, R] over [x, y, z] (vertex 0 at -aabb, R-1 at +aabb), points [M, 3] ->
+    [M, C], trilinear; points outside the box take the boundary values."""
+    if _use_kernels(grid, points):
+        return _Trilinear.apply(grid.permute(1, 2, 3, 0), points, aabb)
+    # grid_sample reads a [D, H, W] volume at (x -> W, y -> H, z -> D): ours is [x, y, z].
+    uvw = (points / aabb).flip(-1)[None, :, None, None]  # [1, M, 1, 1, 3]
+    raw = F.grid_sample(grid[None], uvw, align_corners=True, padding_mode="border")
+    return raw[0, :, :, 0, 0].t()
+
+
+def sample_triplane(planes: Tensor, points: Tensor, aabb: float) -> Tensor:
+    """planes [3, C, R, R] (xy, xz, yz), points [M, 3] in [-aabb, aabb]^3 -> features [M, C]: the
+    sum of the three planes bilinearly sampled at the point's projections. Plane k's pixel
+    [c, i, j] sits at (first axis, second axis) = (-aabb + 2 aabb j / (R-1), -aabb + 2 aabb i / (R-1));
+    outside the planes, zero padding."""
+    if _use_kernels(planes, points):
+        return _Triplane.apply(planes.permute(0, 2, 3, 1), points, aabb)
+    p = points / aabb  # [M, 3] in [-1, 1]
+    uv = torch.stack([p[:, list(axes)] for axes in PLANE_AXES])[:, :, None]  # [3, M, 1, 2]
+    # One call, the planes as a batch of three: one fused kernel forward and backward.
+    return F.grid_sample(planes, uv, align_corners=True)[..., 0].sum(0).t()  # [M, C]
