@@ -2,7 +2,7 @@
 
 Rows: the prior's classifier-free-guided evaluation (the floor of a step); every representation's
 renderer at the default recipe's sizes, at the prior's resolution, 64^2 and 128^2, as a ratio to
-that floor; the Gaussian rasterizer (tiled, pure torch) against the dense all-pixels reference;
+that floor; the Gaussian rasterizer (tiled, numba kernels) against the dense all-pixels reference;
 one full SDS step per representation, and one full step of every guidance method on Gaussians
 (with its recipe's settings), split into render, guidance (prior calls and the method's own
 work) and backward+optimiser, with the prior evaluations each step makes; one 4D video step
@@ -169,7 +169,9 @@ def main(args) -> int:
             t = bench_render(name, s, repeats)
             row(f"{name} render fwd+bwd @{s}^2 x4 views", f"{t * 1e3:.0f} ms",
                 f"{t / p:.2f}x the prior's CFG evaluation (default recipe's sizes)")
-    cases = [(1000, 64), (5000, 64)] if quick else [(n, s) for s in (64, 128) for n in (1000, 5000, 20000)]
+    rasterizer_sizes = (prior.resolution, 64) if quick else (prior.resolution, 64, 128)
+    counts = (1000, 5000) if quick else (1000, 5000, 20000)
+    cases = [(n, s) for s in rasterizer_sizes for n in counts]
     for n, s in cases:
         # The dense reference holds about 30 bytes per Gaussian-pixel pair (10 GB at 20k, 64^2, 4
         # views): past that size it would not fit in this machine's memory.

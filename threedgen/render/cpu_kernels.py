@@ -570,10 +570,28 @@ PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # the triplane's xy, xz, yz planes
 @njit(cache=True)
 def _plane_taps(u, v, R):
     """Bilinear taps at plane coordinates (u -> columns, v -> rows, in pixel units) with zero
-    padding (grid_sample's default): lower column and row, fractions, and which of the 2 x 2
-    taps lie inside the plane."""
+    padding (grid_sample's default): the lower row and column and the weights of the 2 x 2
+    taps (w00 at [i, j], w01 at [i, j + 1], w10 at [i + 1, j], w11 at [i + 1, j + 1]). At an
+    edge the taps move inside the plane with their weights; a tap outside gets weight 0."""
     j, i = int(math.floor(u)), int(math.floor(v))
-    return j, i, u - j, v - i, 0 <= j < R, 0 <= j + 1 < R, 0 <= i < R, 0 <= i + 1 < R
+    fu, fv = u - j, v - i
+    a0, a1 = 1 - fu, fu  # column weights of j, j + 1
+    b0, b1 = 1 - fv, fv  # row weights of i, i + 1
+    if not (0 <= j and j + 1 < R):
+        if j == -1:  # only column j + 1 = 0 is inside: it becomes the lower one
+            j, a0, a1 = 0, a1, 0.0
+        elif j == R - 1:  # only column j = R - 1 is inside: it becomes the upper one
+            j, a0, a1 = R - 2, 0.0, a0
+        else:
+            j, a0, a1 = 0, 0.0, 0.0
+    if not (0 <= i and i + 1 < R):
+        if i == -1:
+            i, b0, b1 = 0, b1, 0.0
+        elif i == R - 1:
+            i, b0, b1 = R - 2, 0.0, b0
+        else:
+            i, b0, b1 = 0, 0.0, 0.0
+    return i, j, b0 * a0, b0 * a1, b1 * a0, b1 * a1
 
 
 @njit(parallel=True, cache=True)
@@ -589,18 +607,12 @@ def triplane_forward(planes, points, aabb, out):
             out[m, c] = 0.0
         for p in range(3):
             a0, a1 = PLANE_AXES[p]
-            j, i, fu, fv, j0, j1, i0, i1 = _plane_taps((points[m, a0] + aabb) * scale,
-                                                       (points[m, a1] + aabb) * scale, R)
-            for di in range(2):
-                if not (i1 if di else i0):
-                    continue
-                wv = fv if di else 1.0 - fv
-                for dj in range(2):
-                    if not (j1 if dj else j0):
-                        continue
-                    w = wv * (fu if dj else 1.0 - fu)
-                    for c in range(C):
-                        out[m, c] += w * planes[p, i + di, j + dj, c]
+            i, j, w00, w01, w10, w11 = _plane_taps((points[m, a0] + aabb) * scale,
+                                                   (points[m, a1] + aabb) * scale, R)
+            t0, t1 = planes[p, i], planes[p, i + 1]
+            for c in range(C):
+                out[m, c] += (w00 * t0[j, c] + w01 * t0[j + 1, c] + w10 * t1[j, c]
+                              + w11 * t1[j + 1, c])
 
 
 @njit(parallel=True, cache=True)
@@ -615,15 +627,12 @@ def triplane_backward(points, aabb, grad_out, grad_planes):
         for m in range(t * M // T, (t + 1) * M // T):
             for p in range(3):
                 a0, a1 = PLANE_AXES[p]
-                j, i, fu, fv, j0, j1, i0, i1 = _plane_taps((points[m, a0] + aabb) * scale,
-                                                           (points[m, a1] + aabb) * scale, R)
-                for di in range(2):
-                    if not (i1 if di else i0):
-                        continue
-                    wv = fv if di else 1.0 - fv
-                    for dj in range(2):
-                        if not (j1 if dj else j0):
-                            continue
-                        w = wv * (fu if dj else 1.0 - fu)
-                        for c in range(C):
-                            g[p, i + di, j + dj, c] += w * grad_out[m, c]
+                i, j, w00, w01, w10, w11 = _plane_taps((points[m, a0] + aabb) * scale,
+                                                       (points[m, a1] + aabb) * scale, R)
+                t0, t1 = g[p, i], g[p, i + 1]
+                for c in range(C):
+                    go = grad_out[m, c]
+                    t0[j, c] += w00 * go
+                    t0[j + 1, c] += w01 * go
+                    t1[j, c] += w10 * go
+                    t1[j + 1, c] += w11 * go

@@ -1,4 +1,4 @@
-"""A pure-torch explicit radiance field: dense density + colour grids inside [-aabb, aabb]^3.
+"""An explicit radiance field: dense density + colour grids inside [-aabb, aabb]^3.
 
 Values live on the R^3 vertices of a regular grid spanning the box (vertex 0 at -aabb, vertex R-1
 at +aabb, indexed [x, y, z]) and are trilinearly interpolated by ``render.grids.sample_grid``
