@@ -50,8 +50,8 @@ def _run(fn, params, cams, bg, **kw):
 
 def _loss_grads(render, alphas, meta, params, seed=1):
     g = torch.Generator().manual_seed(seed)
-    w_r = torch.randn(render.shape, generator=g)
-    w_a = torch.randn(alphas.shape, generator=g)
+    w_r = torch.randn(render.shape, generator=g).to(render.device)
+    w_a = torch.randn(alphas.shape, generator=g).to(render.device)
     loss = (render * w_r).sum() + (alphas * w_a).sum()
     inputs = params + [meta["means2d"]]
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
@@ -218,24 +218,27 @@ def test_constructors_are_deterministic_and_shaped():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gsplat_cuda_matches_torch():
+def test_gsplat_cuda_matches_cpu():
+    """gsplat's CUDA kernels against the CPU rasterizer (run on CPU copies of the same scene)."""
     from gsplat import rasterization
 
     params, cams, bg = _scene(n=500, size=32)
+    cpu = [p.detach().clone().requires_grad_(True) for p in params]
     params = [p.detach().cuda().requires_grad_(True) for p in params]
-    cams, bg = cams.to("cuda"), bg.cuda()
+    cams_gpu, bg_gpu = cams.to("cuda"), bg.cuda()
     means, quats, scales, opacities, colors = params
 
     def both(render_mode):
-        g = rasterization(means, quats, scales, opacities, colors, cams.viewmats(),
-                          cams.intrinsics(), 32, 32, backgrounds=bg, packed=False,
+        g = rasterization(means, quats, scales, opacities, colors, cams_gpu.viewmats(),
+                          cams_gpu.intrinsics(), 32, 32, backgrounds=bg_gpu, packed=False,
                           render_mode=render_mode)
-        t = _run(rasterize_cpu, params, cams, bg, render_mode=render_mode, tile_size=8)
+        t = _run(rasterize_cpu, cpu, cams, bg, render_mode=render_mode, tile_size=8)
         return g, t
 
     (rg, ag, mg), (rt, at, mt) = both("RGB+ED")
+    rg, ag, radii_g = rg.cpu(), ag.cpu(), mg["radii"].cpu()
     # Radii may differ where float rounding meets a ceil(); allow a handful.
-    assert (mg["radii"] != mt["radii"]).any(dim=-1).float().mean() < 0.005
+    assert (radii_g != mt["radii"]).any(dim=-1).float().mean() < 0.005
     torch.testing.assert_close(rt[..., :3], rg[..., :3], atol=1e-4, rtol=1e-3)
     torch.testing.assert_close(at, ag, atol=1e-4, rtol=1e-3)
     # Expected depth divides by alpha: compare it where both are clearly covered.
@@ -243,10 +246,11 @@ def test_gsplat_cuda_matches_torch():
     torch.testing.assert_close(rt[..., 3][covered], rg[..., 3][covered], atol=1e-3, rtol=1e-3)
     # Gradients through colour, alpha and accumulated depth (no 1/alpha amplification).
     (rg, ag, mg), (rt, at, mt) = both("RGB+D")
-    for gt, gg in zip(_loss_grads(rt, at, mt, params), _loss_grads(rg, ag, mg, params)):
+    grads_g = [g.cpu() for g in _loss_grads(rg, ag, mg, params)]
+    for gt, gg in zip(_loss_grads(rt, at, mt, cpu), grads_g):
         assert (gt - gg).abs().max() <= 2e-3 * gg.abs().max().clamp_min(1e-6)
     # render_gaussians picks gsplat on CUDA.
-    out = render_gaussians(means, quats, scales, opacities, colors, cams, bg[0])
+    out = render_gaussians(means, quats, scales, opacities, colors, cams_gpu, bg_gpu[0])
     assert out.rgb.is_cuda and out.info["radii"].shape == (3, 500, 2)
     assert out.rgb.shape == (3, 3, 32, 32) and out.depth.shape == (3, 1, 32, 32)
 
