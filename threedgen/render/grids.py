@@ -29,53 +29,36 @@ def _chunks(points: Tensor) -> int:
     return max(1, min(4, points.shape[0] // 16384))
 
 
-class _Trilinear(torch.autograd.Function):
+class _Sample(torch.autograd.Function):
+    """data [..., C] (channel-last grid or planes), points [M, 3] -> [M, C] by a pair of kernels
+    (forward(data, points, aabb, out), backward(points, aabb, grad_out, grads)); gradients to
+    data only."""
+
     @staticmethod
-    def forward(ctx, grid, points, aabb):
-        out = grid.new_empty(points.shape[0], grid.shape[-1])
+    def forward(ctx, data, points, aabb, forward_kernel, backward_kernel):
+        out = data.new_empty(points.shape[0], data.shape[-1])
         with kernels.threads():
-            kernels.trilinear_forward(as_numpy(grid), as_numpy(points), aabb, out.numpy())
+            forward_kernel(as_numpy(data), as_numpy(points), aabb, out.numpy())
         ctx.save_for_backward(points)
-        ctx.aabb, ctx.grid_shape = aabb, grid.shape
+        ctx.aabb, ctx.shape, ctx.backward_kernel = aabb, data.shape, backward_kernel
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         (points,) = ctx.saved_tensors
-        grads = grad_out.new_zeros(_chunks(points), *ctx.grid_shape)
+        grads = grad_out.new_zeros(_chunks(points), *ctx.shape)
         with kernels.threads():
-            kernels.trilinear_backward(as_numpy(points), ctx.aabb, as_numpy(grad_out),
-                                       grads.numpy())
-        return grads.sum(0), None, None
-
-
-class _Triplane(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, planes, points, aabb):
-        out = planes.new_empty(points.shape[0], planes.shape[-1])
-        with kernels.threads():
-            kernels.triplane_forward(as_numpy(planes), as_numpy(points), aabb, out.numpy())
-        ctx.save_for_backward(points)
-        ctx.aabb, ctx.planes_shape = aabb, planes.shape
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out):
-        (points,) = ctx.saved_tensors
-        grads = grad_out.new_zeros(_chunks(points), *ctx.planes_shape)
-        with kernels.threads():
-            kernels.triplane_backward(as_numpy(points), ctx.aabb, as_numpy(grad_out),
-                                      grads.numpy())
-        return grads.sum(0), None, None
+            ctx.backward_kernel(as_numpy(points), ctx.aabb, as_numpy(grad_out), grads.numpy())
+        return grads.sum(0), None, None, None, None
 
 
 def sample_grid(grid: Tensor, points: Tensor, aabb: float) -> Tensor:
     """grid [C, R, R, R] over [x, y, z] (vertex 0 at -aabb, R-1 at +aabb), points [M, 3] ->
     [M, C], trilinear; points outside the box take the boundary values."""
     if _use_kernels(grid, points):
-        return _Trilinear.apply(grid.permute(1, 2, 3, 0), points, aabb)
+        return _Sample.apply(grid.permute(1, 2, 3, 0), points, aabb, kernels.trilinear_forward,
+                             kernels.trilinear_backward)
     # grid_sample reads a [D, H, W] volume at (x -> W, y -> H, z -> D): ours is [x, y, z].
     uvw = (points / aabb).flip(-1)[None, :, None, None]  # [1, M, 1, 1, 3]
     raw = F.grid_sample(grid[None], uvw, align_corners=True, padding_mode="border")
@@ -88,7 +71,8 @@ def sample_triplane(planes: Tensor, points: Tensor, aabb: float) -> Tensor:
     [c, i, j] sits at (first axis, second axis) = (-aabb + 2 aabb j / (R-1), -aabb + 2 aabb i / (R-1));
     outside the planes, zero padding."""
     if _use_kernels(planes, points):
-        return _Triplane.apply(planes.permute(0, 2, 3, 1), points, aabb)
+        return _Sample.apply(planes.permute(0, 2, 3, 1), points, aabb, kernels.triplane_forward,
+                             kernels.triplane_backward)
     p = points / aabb  # [M, 3] in [-1, 1]
     uv = torch.stack([p[:, list(axes)] for axes in PLANE_AXES])[:, :, None]  # [3, M, 1, 2]
     # One call, the planes as a batch of three: one fused kernel forward and backward.
