@@ -1,7 +1,8 @@
 """End-to-end quality: each representation + SDS recovers the prompted object.
 
 Full sweep (prints a table):  python -m pytest -m slow -s
-(this file with tests/test_guidance_sweep.py: 55 minutes on 2 cores, 2026-12-01)
+(this file with tests/test_guidance_sweep.py: 55 minutes on 2 cores, 2026-12-01; this file alone
+after the numba CPU kernels: 15 minutes, 2026-12-02)
 The cases marked `ci` run in the default suite too.
 """
 
