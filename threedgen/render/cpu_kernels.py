@@ -1,14 +1,16 @@
-"""Compiled CPU kernels (numba) for the hot loops of the Gaussian rasterizer.
+"""Compiled CPU kernels (numba) for the hot loops of the CPU renderers: the Gaussian rasterizer
+and the NeRF / triplane grid sampling.
 
-Why: gsplat's kernels are CUDA-only, and a pure-torch rasterizer spends most of a CPU step in the
-overhead of hundreds of small ops (projection, tile binning, a compositing loop over blocks of
-Gaussians) rather than in arithmetic. numba compiles these loops to machine code from its wheel
+Why: gsplat's and nerfacc's kernels are CUDA-only; a pure-torch rasterizer spends most of a CPU
+step in the overhead of hundreds of small ops (projection, tile binning, a compositing loop over
+blocks of Gaussians) rather than in arithmetic, and torch's CPU grid_sample backward is serial. numba compiles these loops to machine code from its wheel
 alone: no compiler and no build step at install. The first call in a fresh environment compiles
 (seconds); the result is cached on disk (``cache=True``) for later processes.
 
 The kernels take and fill numpy arrays (float32 or float64: numba compiles one version per
 dtype, so gradcheck in double works); the autograd Functions that call them are in
-``render/gaussians.py``. They follow gsplat 1.5.3's CUDA kernels (see that module's docstring).
+``render/gaussians.py`` (following gsplat 1.5.3's CUDA kernels, see its docstring) and
+``render/grids.py`` (following ``F.grid_sample``).
 """
 
 from __future__ import annotations
@@ -518,17 +520,26 @@ def _corner(u, R):
     return i, u - i
 
 
+@njit(cache=True)
+def _cell(points, m, aabb, R):
+    """Point m's cell (i, j, k) of an R^3 vertex grid over the box and its fractions in it."""
+    scale = (R - 1) / (2.0 * aabb)
+    i, fx = _corner((points[m, 0] + aabb) * scale, R)
+    j, fy = _corner((points[m, 1] + aabb) * scale, R)
+    k, fz = _corner((points[m, 2] + aabb) * scale, R)
+    return i, j, k, fx, fy, fz
+
+
+# The 8-corner loops below are written out in both kernels: a shared tuple of weights indexed by
+# corner made the NeRF render about 25% slower.
 @njit(parallel=True, cache=True)
 def trilinear_forward(grid, points, aabb, out):
     """grid [R, R, R, C] (vertex [i, j, k] at -aabb + 2 aabb (i, j, k) / (R - 1)), points
     [M, 3] -> out [M, C]: trilinear interpolation, points outside clamped to the box
     (grid_sample's align_corners=True, padding_mode="border")."""
     R, C = grid.shape[0], grid.shape[3]
-    scale = (R - 1) / (2.0 * aabb)
     for m in prange(points.shape[0]):
-        i, fx = _corner((points[m, 0] + aabb) * scale, R)
-        j, fy = _corner((points[m, 1] + aabb) * scale, R)
-        k, fz = _corner((points[m, 2] + aabb) * scale, R)
+        i, j, k, fx, fy, fz = _cell(points, m, aabb, R)
         for c in range(C):
             out[m, c] = 0.0
         for di in range(2):
@@ -547,13 +558,10 @@ def trilinear_backward(points, aabb, grad_out, grad_grids):
     into grad_grids[t] ([T, R, R, R, C], zeros); the caller sums over t."""
     T, R, C = grad_grids.shape[0], grad_grids.shape[1], grad_grids.shape[4]
     M = points.shape[0]
-    scale = (R - 1) / (2.0 * aabb)
     for t in prange(T):
         g = grad_grids[t]
         for m in range(t * M // T, (t + 1) * M // T):
-            i, fx = _corner((points[m, 0] + aabb) * scale, R)
-            j, fy = _corner((points[m, 1] + aabb) * scale, R)
-            k, fz = _corner((points[m, 2] + aabb) * scale, R)
+            i, j, k, fx, fy, fz = _cell(points, m, aabb, R)
             for di in range(2):
                 wx = fx if di else 1.0 - fx
                 for dj in range(2):

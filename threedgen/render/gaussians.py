@@ -45,12 +45,9 @@ from gsplat.cuda._torch_impl import (
 
 from threedgen.cameras import Cameras
 from threedgen.render import cpu_kernels as kernels
-from threedgen.render.cpu_kernels import as_numpy
+from threedgen.render.cpu_kernels import ALPHA_MAX, ALPHA_THRESHOLD, EXTENT_MAX, T_MIN, as_numpy
 from threedgen.render.types import RenderOutput
 
-ALPHA_THRESHOLD = 1.0 / 255.0
-ALPHA_MAX = 0.999
-T_MIN = 1e-4  # a pixel is done once its transmittance would drop to <= 1e-4
 LOG_T_MIN = math.log(T_MIN)
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 CPU_TILE_SIZE = 16  # fastest overall at 32-128 px, 2k-5k Gaussians (8 is close at 32 px)
@@ -88,7 +85,7 @@ def _project(means, quats, scales, opacities, viewmats, Ks, width, height, near_
     with torch.no_grad():
         opac = opacities.detach()
         extend = torch.sqrt(2.0 * torch.log(opac.clamp_min(ALPHA_THRESHOLD) / ALPHA_THRESHOLD))
-        extend = extend.clamp_max(3.33)
+        extend = extend.clamp_max(EXTENT_MAX)
         radius = torch.stack([torch.ceil(extend * torch.sqrt(a.detach().clamp_min(0))),
                               torch.ceil(extend * torch.sqrt(c.detach().clamp_min(0)))], dim=-1)
         m = means2d.detach()
@@ -238,8 +235,9 @@ class _Composite(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
+        # (means2d, conics, opacities, reach, feats, entries, starts, final_trans, ends)
         saved = ctx.saved_tensors
-        feats, entries = saved[4], saved[5]
+        feats, entries = saved[4:6]
         I, (M, D) = entries.shape[0], feats.shape
         g_geom, g_feats = feats.new_zeros(I, 6), feats.new_zeros(I, D)
         with kernels.threads():
@@ -302,17 +300,19 @@ def rasterize_cpu(
     meta = _meta(radii, means2d, depths, conics, opac_cn, width, height, tile_size, C)
     tw, th = meta["tile_width"], meta["tile_height"]
 
-    with torch.no_grad():  # visible (camera, Gaussian) pairs and their tile lists
-        cam_ids, g_ids = (radii > 0).all(dim=-1).nonzero(as_tuple=True)  # [M]
-        pair = cam_ids * N + g_ids
-        m2 = means2d.detach().reshape(C * N, 2)[pair]
-        con = conics.detach().reshape(C * N, 3)[pair]
+    # The visible (camera, Gaussian) pairs [M], with the projection they are composited with.
+    cam_ids, g_ids = (radii > 0).all(dim=-1).nonzero(as_tuple=True)
+    pair = cam_ids * N + g_ids
+    pair_means2d = means2d.reshape(C * N, 2).index_select(0, pair)
+    pair_conics = conics.reshape(C * N, 3).index_select(0, pair)
+    pair_depths = depths.reshape(-1).index_select(0, pair)
+    with torch.no_grad():  # their tile lists
         reach = torch.log(opacities.detach()[g_ids] / ALPHA_THRESHOLD)
-        by_depth = torch.argsort(depths.detach().reshape(-1)[pair])
+        by_depth = torch.argsort(pair_depths.detach())
         with kernels.threads():
             lists = kernels.intersect(*[as_numpy(t) for t in (
-                cam_ids, m2, radii.reshape(C * N, 2)[pair], con, reach, by_depth)], tile_size,
-                tw, th, width, height, C)
+                cam_ids, pair_means2d, radii.reshape(C * N, 2)[pair], pair_conics, reach,
+                by_depth)], tile_size, tw, th, width, height, C)
         entries, tile_counts, per_pair = (torch.from_numpy(a) for a in lists)
         tile_starts = torch.cumsum(tile_counts, 0) - tile_counts
         tiles_per_gauss = torch.zeros(C, N, dtype=torch.int32)
@@ -322,12 +322,11 @@ def rasterize_cpu(
         meta["isect_offsets"] = tile_starts.reshape(C, th, tw).int()
 
     feats = _features(render_mode, _colors_at(colors, sh_degree, means, viewmats, cam_ids, g_ids),
-                      depths.reshape(-1).index_select(0, pair))  # [M, D]
+                      pair_depths)  # [M, D]
     D = feats.shape[-1]
-    img = _Composite.apply(means2d.reshape(C * N, 2).index_select(0, pair),
-                           conics.reshape(C * N, 3).index_select(0, pair),
-                           opacities.index_select(0, g_ids), feats, reach, entries, tile_starts,
-                           tile_counts, tile_size, tw, th, (height, width))
+    img = _Composite.apply(pair_means2d, pair_conics, opacities.index_select(0, g_ids), feats,
+                           reach, entries, tile_starts, tile_counts, tile_size, tw, th,
+                           (height, width))
     render, render_alphas = img[..., :D], img[..., D:]
     render = _finish(render, render_alphas, backgrounds, render_mode)
     return render, render_alphas, meta
