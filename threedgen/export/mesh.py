@@ -88,8 +88,9 @@ def decimate(verts: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.n
     """Quadric decimation (fast-simplification) to at most about ``max_faces`` faces.
 
     Edge collapses can pinch a closed surface: two vertices left at one point, non-manifold once
-    merged (seen after a 1e-5 change of the isosurface level). For a watertight input, aggression levels are
-    tried in turn and the first watertight result is kept (the last one if none is)."""
+    merged (seen after a 1e-5 change of the isosurface level). For a watertight input,
+    aggression levels are tried in turn and the first watertight result is kept (the last one if
+    none is)."""
     import fast_simplification
     import trimesh
 
