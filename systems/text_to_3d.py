@@ -87,15 +87,16 @@ class TextTo3D(pl.LightningModule):
         if int(self.step_count) >= self.cfg.trainer.max_steps:
             return -1  # tells Lightning to end the epoch: the run is complete
 
-    def distill(self, step: int, g: torch.Generator, time: float | None = None):
-        """Render a batch of random views (at ``time``, for dynamic representations) and score
-        them with the guidance -> (RenderOutput, GuidanceOutput)."""
+    def distill(self, step: int, g: torch.Generator, time: float | None = None, **render_kwargs):
+        """Render a batch of random views (at ``time``, for dynamic representations, with
+        ``render_kwargs`` for the representation's render) and score them with the guidance ->
+        (RenderOutput, GuidanceOutput)."""
         cfg = self.cfg
         c = cfg.system.camera
         cams = sample_cameras(c.batch_size, self.ranges, c.resolution, g, c.views_per_group)
         if time is not None:
             cams = replace(cams, time=torch.full((len(cams),), time))
-        out = self.representation.render(cams, self.background, generator=g)
+        out = self.representation.render(cams, self.background, generator=g, **render_kwargs)
         rgb = clip_pixel_grad(out.rgb, value_at(cfg.system.pixel_grad_clip, step))
         return out, self.guidance(rgb, self.prompts.conditioning(cams, step), step, generator=g)
 

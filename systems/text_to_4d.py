@@ -52,8 +52,8 @@ class TextTo4D(TextTo3D):
         v = cfg.system.video
         self.video_prior = video_prior if video_prior is not None else load_video_prior(v.prior)
         self.video_guidance = GUIDANCE[v.guidance.name](v.guidance, self.video_prior)  # checked: trains no model
-        self.video_prompts = PromptProcessor(self.video_prior, cfg.prompt, cfg.negative_prompt,
-                                             PromptConfig(view_dependent=False))
+        negative = self.image_prompt() if v.motion_only_guidance else cfg.negative_prompt
+        self.video_prompts = PromptProcessor(self.video_prior, cfg.prompt, negative, PromptConfig(view_dependent=False))
         c = cfg.system.camera
         self.clip_ranges = CameraRanges(v.camera_elevation, c.distance, c.fov_y)
 
@@ -67,7 +67,7 @@ class TextTo4D(TextTo3D):
         if step < v.start:
             return super().distill(step, g)  # stage 1: the canonical object
         if float(torch.rand((), generator=g)) < v.image_probability:
-            return super().distill(step, g, time=float(torch.rand((), generator=g)))
+            return super().distill(step, g, time=float(torch.rand((), generator=g)), root_motion=v.image_root_motion)
         cam = sample_cameras(1, self.clip_ranges, v.resolution, g)
         times = (float(torch.rand((), generator=g)) + torch.arange(v.frames)) / v.frames
         clip_cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=times)

@@ -2,6 +2,7 @@
 outputs. Motion recovery with the shipped video prior is in tests/test_4d_sweep.py."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -82,6 +83,35 @@ def test_deformation_starts_as_the_identity_and_moves_when_trained():
     assert torch.allclose(a, b, atol=1e-5)  # the snapshot is the render at that time
 
 
+def test_root_motion_moves_the_whole_object_as_one_body():
+    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+
+    g = dynamic(n=50)
+    angle, shift, log_s = math.pi / 2, torch.tensor([0.1, -0.2, 0.3]), math.log(1.5)
+    t = 0.25
+    with torch.no_grad():  # a pose that the series reaches at every t through its constant term
+        g.root.bias.copy_(torch.tensor([0.0, 0.0, angle, *shift, log_s]))
+    means, quats, log_scales, logits = g.deformed(t)
+    R = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # 90 degrees about z
+    torch.testing.assert_close(means, 1.5 * g.means @ R.T + shift, atol=1e-5, rtol=1e-5)
+    covar = _quat_scale_to_covar_preci(quats, log_scales.exp(), compute_preci=False)[0]
+    canonical = _quat_scale_to_covar_preci(g.quats, g.scales, compute_preci=False)[0]
+    torch.testing.assert_close(covar, 1.5 ** 2 * R @ canonical @ R.T, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits, g.params["opacities"])
+    torch.testing.assert_close(g.deformed(t, root_motion=False)[0], g.means)  # the object's own frame
+    # a fresh root, trained by the "deform" optimiser to lift the object by 0.3 at t = 0.5
+    g = dynamic(n=50, lambda_deform=1.0)
+    target = g.means[:, 2].mean().item() + 0.3
+    opt = g.optimizers()["deform"]
+    for _ in range(200):
+        loss = (g.deformed(0.5)[0][:, 2].mean() - target).square()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert abs(g.deformed(0.5)[0][:, 2].mean().item() - target) < 0.05
+    assert g.root.weight.grad.abs().sum() > 0
+
+
 def test_mixed_times_render_each_camera_at_its_own_time():
     g = dynamic()
     with torch.no_grad():
@@ -155,6 +185,15 @@ def test_motion_correlation_recovers_a_scripted_motion(motion, shape):
 def test_still_object_has_no_motion():
     amount = motion_amount(motion_track(dynamic(), torch.arange(8) / 8))
     assert amount["displacement"] < 1e-6 and amount["rotation"] < 1e-4 and amount["scale_change"] < 1e-6
+    g = dynamic()
+    with torch.no_grad():  # a root pose the same at every time: moved, rotated, scaled, but still
+        g.root.bias.copy_(torch.tensor([0.0, 0.0, 0.5, 0.2, 0.1, 0.0, 0.3]))
+    still = motion_amount(motion_track(g, torch.arange(8) / 8))
+    assert still["displacement"] < 1e-5 and still["rotation"] < 1e-3 and still["scale_change"] < 1e-5, still
+    with torch.no_grad():  # up and down over time: 0.2 sin(pi t)
+        g.root.weight[5, 1] = 0.2
+    moving = motion_amount(motion_track(g, torch.arange(8) / 8))
+    assert moving["displacement"] > 0.05, moving
 
 
 # --- the 4D system, end to end on an untrained video prior ------------------------------------------
@@ -198,6 +237,38 @@ def test_4d_fit_writes_videos_metrics_and_sequences(tmp_path, untrained_video_pr
         assert (out / f"mesh_{k:03d}.glb").is_file()
     assert len(json.loads((out / "mesh.json").read_text())["frames"]) == 3
     assert (out / "turntable.mp4").is_file() and (out / "fixed.mp4").is_file()
+
+
+@pytest.mark.parametrize("motion_only, image_root_motion", [(True, False), (False, True)])
+def test_stage_two_image_steps_frame_and_video_cfg_branch(tmp_path, untrained_video_prior, monkeypatch,
+                                                          motion_only, image_root_motion):
+    """Image steps render at their time in the object's own frame (no root motion) unless asked;
+    with motion_only_guidance the video CFG's unconditional branch is the prompt without its
+    motion (the image prompt), else the empty prompt."""
+    from systems.text_to_4d import TextTo4D
+    from threedgen.config import load
+    from threedgen.prompts import PromptProcessor
+
+    cfg = load([CONFIG], ["prompt=a red ball bouncing", "system.video.prior.name=diffusers",
+                          f"system.video.prior.path={untrained_video_prior}", "system.video.start=0",
+                          "system.video.image_probability=1.0", "system.representation.n=300",
+                          f"system.video.motion_only_guidance={motion_only}",
+                          f"system.video.image_root_motion={image_root_motion}"])
+    system = TextTo4D(cfg, tmp_path)
+    seen = []
+    render = system.representation.render
+    monkeypatch.setattr(system.representation, "render",
+                        lambda cams, bg, **kw: seen.append((cams.time, kw)) or render(cams, bg, **kw))
+    system.distill(5, torch.Generator().manual_seed(0))
+    (times, kw), = seen
+    assert times is not None and kw["root_motion"] is image_root_motion
+    negative = system.video_prompts.negative
+    if motion_only:
+        assert system.image_prompt() == "a red sphere"
+        expected = PromptProcessor(system.video_prior, "a red sphere", cfg=system.video_prompts.cfg).text
+        torch.testing.assert_close(negative, expected)
+    else:
+        assert negative is None  # the empty prompt
 
 
 def test_4d_resume_continues_the_deformation(tmp_path, untrained_video_prior):

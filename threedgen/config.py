@@ -189,6 +189,16 @@ class VideoConfig:
     # The image guidance's prompt; None: the prompt in the image prior's words (a closed
     # vocabulary drops the motion words and reads "ball" as "sphere"), else the prompt itself.
     image_prompt: str | None = None
+    # True: the video guidance's CFG is taken against the image prompt (the object without its
+    # motion) instead of the empty prompt (or negative_prompt), so that its scale amplifies the
+    # motion alone; how the object looks is the image prior's job. For a still prompt the video
+    # guidance is then the conditional prediction alone.
+    motion_only_guidance: bool = False
+    # Image steps see the object in its own frame: at their time, without the representation's
+    # root motion (false). The image prior knows objects at rest at the centre, so with the root
+    # motion it pulls a bouncing ball back to the centre by reshaping it (a ball stretched along
+    # its bounce, a cone). True: with the root motion, as the video steps see it.
+    image_root_motion: bool = False
 
     def __post_init__(self):
         if self.start < 0 or self.frames < 2 or self.resolution < 8:

@@ -167,9 +167,14 @@ def motion_correlation(track: dict, motion: str, shape: str, times: Tensor,
 
 
 def motion_amount(track: dict) -> dict[str, float]:
-    """The largest centroid displacement (world units), rotation (degrees) and scale change."""
-    return {"displacement": float(np.linalg.norm(track["offset"], axis=-1).max()),
-            "rotation": float(np.abs(track["angle"]).max()), "scale_change": float(np.abs(track["scale"] - 1).max())}
+    """How much the object moves over the times: the largest centroid displacement (world units),
+    rotation (degrees) and relative scale change from its mean pose over those times. About the
+    mean, not the canonical pose: an offset the same at every time (a root motion's constant
+    term: the canonical frame is a free choice) moves nothing."""
+    offset = track["offset"] - track["offset"].mean(0)
+    return {"displacement": float(np.linalg.norm(offset, axis=-1).max()),
+            "rotation": float(np.abs(track["angle"] - track["angle"].mean()).max()),
+            "scale_change": float(np.abs(track["scale"] / track["scale"].mean() - 1).max())}
 
 
 def parse_motion(prompt: str) -> str | None:

@@ -10,6 +10,15 @@ zero, so the deformation starts as the identity: the static object of stage 1. R
 time goes through the same Gaussian rasterizer, once per distinct time in the camera batch
 (``Cameras.time``; cameras without times see the canonical Gaussians).
 
+Root motion (``root_motion``, on by default): the deformed Gaussians then move as one body by a
+similarity transform about the origin (where canonical objects sit), x -> s(t) R(t) x + b(t),
+their rotations composed with R(t) and their log-scales shifted by log s(t), with
+(axis-angle of R, b, log s) = W gamma_t(t) + c: a truncated Fourier series in time, starting at
+zero (the identity).
+A whole-object motion (a jump, a turn, a slide, a pulse) then needs no per-Gaussian offsets, which
+video SDS at high noise tears apart; with ``lambda_deform`` the per-Gaussian MLP is left with what
+the root cannot explain (the root-body pose of articulated reconstruction, e.g. BANMo).
+
 Regularisers (weights Scheduled): temporal smoothness
 mean ||d_mu(mu, t + dt) - d_mu(mu, t)||^2 / dt^2 at a random t (dt = 1/16), which discourages
 jitter between frames, and the deformation's size mean ||d_mu(mu, t)||^2, which keeps what the
@@ -23,6 +32,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from kornia.geometry.conversions import axis_angle_to_quaternion, quaternion_to_rotation_matrix
+from kornia.geometry.quaternion import Quaternion
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
@@ -53,9 +64,12 @@ class DynamicGaussians(Gaussians):
         hidden: int = 64
         layers: int = 3  # hidden layers of the deformation MLP
         lr_deform: float = 0.001
+        deform_position: bool = True  # with all four off, only the root motion moves the object
         deform_rotation: bool = True
         deform_scale: bool = True  # needed for pulsing
         deform_opacity: bool = False
+        root_motion: bool = True  # a whole-object similarity transform over time (module doc)
+        lr_root: float = 0.003
         lambda_smooth: Scheduled = 0.0  # temporal smoothness of d_mu
         lambda_deform: Scheduled = 0.0  # size of d_mu
 
@@ -86,9 +100,13 @@ class DynamicGaussians(Gaussians):
         nn.init.zeros_(out.weight)
         nn.init.zeros_(out.bias)
         self.deform = nn.Sequential(*layers, out)
-        mask = torch.tensor([1.0] * 3 + [float(cfg.deform_rotation)] * 4 + [float(cfg.deform_scale)] * 3
-                            + [float(cfg.deform_opacity)])
+        mask = torch.tensor([float(cfg.deform_position)] * 3 + [float(cfg.deform_rotation)] * 4
+                            + [float(cfg.deform_scale)] * 3 + [float(cfg.deform_opacity)])
         self.register_buffer("_out_mask", mask, persistent=False)
+        if cfg.root_motion:
+            self.root = nn.Linear(1 + 2 * cfg.time_freqs, 7)  # axis-angle 3, translation 3, log-scale 1
+            nn.init.zeros_(self.root.weight)
+            nn.init.zeros_(self.root.bias)
 
     @classmethod
     def from_config(cls, cfg: Config, seed: int = 0) -> DynamicGaussians:
@@ -102,25 +120,50 @@ class DynamicGaussians(Gaussians):
         """[N, 11] (d_mu, d_q, d_s, d_o) of every Gaussian at time t (a scalar). The canonical
         positions enter as the MLP's input only (no gradient to them through it)."""
         c = self.cfg
+        if not (c.deform_position or c.deform_rotation or c.deform_scale or c.deform_opacity):
+            return self.means.new_zeros(len(self.means), 11)  # the MLP is off: root motion only
         t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device).reshape(1)
         x = fourier(self.means.detach() / self.aabb, c.pos_freqs)
         feats = torch.cat([x, time_features(t, c.time_freqs).expand(len(x), -1)], -1)
         return self.deform(feats) * self._out_mask
 
+    def root_pose(self, t: float) -> tuple[Tensor, Tensor, Tensor]:
+        """The root motion at time t: (unit quaternion wxyz [4], translation [3], log-scale [])."""
+        t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device).reshape(1)
+        pose = self.root(time_features(t, self.cfg.time_freqs))[0]  # [7]
+        return axis_angle_to_quaternion(pose[:3]), pose[3:6], pose[6]
+
+    def deformed(self, t: float, params: dict[str, Tensor] | None = None,
+                 root_motion: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The Gaussians at time t: (means [N, 3], quats [N, 4] wxyz unnormalised, log-scales
+        [N, 3], opacity logits [N]), from ``params`` (default: the canonical parameters);
+        root_motion False: in the object's own frame (the per-Gaussian deformation only)."""
+        p = self.params if params is None else params
+        d = self.offsets(t)
+        means, quats = p["means"] + d[:, :3], p["quats"] + d[:, 3:7]
+        log_scales, logits = p["scales"] + d[:, 7:10], p["opacities"] + d[:, 10]
+        if self.cfg.root_motion and root_motion:
+            rotation, shift, log_s = self.root_pose(t)
+            means = log_s.exp() * means @ quaternion_to_rotation_matrix(rotation).T + shift
+            quats = (Quaternion(rotation.expand_as(quats)) * Quaternion(quats)).data
+            log_scales = log_scales + log_s
+        return means, quats, log_scales, logits
+
     def at_time(self, t: float) -> Gaussians:
         """A static snapshot: the Gaussians deformed to time t (for export, per-frame files)."""
         with torch.no_grad():
-            d = self.offsets(t)
-            p = self.params
-            return Gaussians(p["means"] + d[:, :3], p["scales"] + d[:, 7:10], p["quats"] + d[:, 3:7],
-                             p["opacities"] + d[:, 10], p["colors"].clone(), self.sh_degree)
+            means, quats, log_scales, logits = self.deformed(t)
+            return Gaussians(means, log_scales, quats, logits, self.params["colors"].clone(), self.sh_degree)
 
     # --- the system's calls ---
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """Gaussians' per-parameter Adams, plus "deform" for the MLP."""
+        """Gaussians' per-parameter Adams, plus "deform" for the MLP and the root motion."""
         if not hasattr(self, "_optimizers"):
             opts = super().optimizers()
-            opts["deform"] = torch.optim.Adam(self.deform.parameters(), lr=self.cfg.lr_deform)
+            groups = [{"params": self.deform.parameters(), "lr": self.cfg.lr_deform}]
+            if self.cfg.root_motion:
+                groups.append({"params": self.root.parameters(), "lr": self.cfg.lr_root})
+            opts["deform"] = torch.optim.Adam(groups)
         return self._optimizers
 
     def regularisers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
@@ -143,20 +186,22 @@ class DynamicGaussians(Gaussians):
             super().post_step(step, out, {k: v for k, v in optimizers.items() if k in self.params})
 
     def render(self, cameras: Cameras, background: Tensor, backend: str = "auto",
-               generator: torch.Generator | None = None, canonical_grad: bool = True) -> RenderOutput:
+               generator: torch.Generator | None = None, canonical_grad: bool = True,
+               root_motion: bool = True) -> RenderOutput:
         """Render each camera at its own time (see the module doc). canonical_grad False: the
-        gradient reaches the deformation only (the canonical Gaussians are held)."""
+        gradient reaches the deformation only (the canonical Gaussians are held). root_motion
+        False: each time in the object's own frame (``deformed``)."""
         if cameras.time is None:
             return super().render(cameras, background, backend)
         times = cameras.time.unique()
         p = self.params if canonical_grad else {k: v.detach() for k, v in self.params.items()}
         outs = []
         for t in times.tolist():
-            d = self.offsets(t)
+            means, quats, log_scales, logits = self.deformed(t, p, root_motion)
             sel = (cameras.time == t).nonzero().squeeze(-1)
             outs.append((sel, render_gaussians(
-                p["means"] + d[:, :3], p["quats"] + d[:, 3:7], torch.exp(p["scales"] + d[:, 7:10]),
-                torch.sigmoid(p["opacities"] + d[:, 10]), p["colors"] if self.sh_degree else torch.sigmoid(p["colors"]),
+                means, quats, torch.exp(log_scales), torch.sigmoid(logits),
+                p["colors"] if self.sh_degree else torch.sigmoid(p["colors"]),
                 cameras[sel].to(self.means.device),
                 background, sh_degree=self.sh_degree or None, backend=backend)))
         if len(outs) == 1:
