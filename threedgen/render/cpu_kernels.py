@@ -3,9 +3,10 @@ and the NeRF / triplane grid sampling.
 
 Why: gsplat's and nerfacc's kernels are CUDA-only; a pure-torch rasterizer spends most of a CPU
 step in the overhead of hundreds of small ops (projection, tile binning, a compositing loop over
-blocks of Gaussians) rather than in arithmetic, and torch's CPU grid_sample backward is serial. numba compiles these loops to machine code from its wheel
-alone: no compiler and no build step at install. The first call in a fresh environment compiles
-(seconds); the result is cached on disk (``cache=True``) for later processes.
+blocks of Gaussians) rather than in arithmetic, and torch's CPU grid_sample backward is serial.
+numba compiles these loops to machine code from its wheel alone: no compiler and no build step
+at install. The first call in a fresh environment compiles (seconds); the result is cached on
+disk (``cache=True``) for later processes.
 
 The kernels take and fill numpy arrays (float32 or float64: numba compiles one version per
 dtype, so gradcheck in double works); the autograd Functions that call them are in

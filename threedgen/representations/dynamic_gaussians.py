@@ -103,6 +103,7 @@ class DynamicGaussians(Gaussians):
         mask = torch.tensor([float(cfg.deform_position)] * 3 + [float(cfg.deform_rotation)] * 4
                             + [float(cfg.deform_scale)] * 3 + [float(cfg.deform_opacity)])
         self.register_buffer("_out_mask", mask, persistent=False)
+        self._mlp_on = bool(mask.any())  # all four off: the MLP is not evaluated (root motion only)
         if cfg.root_motion:
             self.root = nn.Linear(1 + 2 * cfg.time_freqs, 7)  # axis-angle 3, translation 3, log-scale 1
             nn.init.zeros_(self.root.weight)
@@ -119,18 +120,20 @@ class DynamicGaussians(Gaussians):
     def offsets(self, t: Tensor | float) -> Tensor:
         """[N, 11] (d_mu, d_q, d_s, d_o) of every Gaussian at time t (a scalar). The canonical
         positions enter as the MLP's input only (no gradient to them through it)."""
-        c = self.cfg
-        if not (c.deform_position or c.deform_rotation or c.deform_scale or c.deform_opacity):
-            return self.means.new_zeros(len(self.means), 11)  # the MLP is off: root motion only
-        t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device).reshape(1)
-        x = fourier(self.means.detach() / self.aabb, c.pos_freqs)
-        feats = torch.cat([x, time_features(t, c.time_freqs).expand(len(x), -1)], -1)
+        if not self._mlp_on:
+            return self.means.new_zeros(len(self.means), 11)
+        x = fourier(self.means.detach() / self.aabb, self.cfg.pos_freqs)
+        feats = torch.cat([x, self._time_features(t).expand(len(x), -1)], -1)
         return self.deform(feats) * self._out_mask
+
+    def _time_features(self, t: Tensor | float) -> Tensor:
+        """A scalar time -> [1, 1 + 2 time_freqs] (``time_features``)."""
+        t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device).reshape(1)
+        return time_features(t, self.cfg.time_freqs)
 
     def root_pose(self, t: float) -> tuple[Tensor, Tensor, Tensor]:
         """The root motion at time t: (unit quaternion wxyz [4], translation [3], log-scale [])."""
-        t = torch.as_tensor(t, dtype=self.means.dtype, device=self.means.device).reshape(1)
-        pose = self.root(time_features(t, self.cfg.time_freqs))[0]  # [7]
+        pose = self.root(self._time_features(t))[0]  # [7]
         return axis_angle_to_quaternion(pose[:3]), pose[3:6], pose[6]
 
     def deformed(self, t: float, params: dict[str, Tensor] | None = None,
