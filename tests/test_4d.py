@@ -319,7 +319,7 @@ def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
     # ... and on from that folder (an earlier video prior is loaded as it is, not re-inflated)
     train_video(tmp_path / "v2", VideoTrainConfig(steps=1, batch_size=2, clips_per_combination=1, save_every=1,
                                                   warmup=0, init_from=str(tmp_path / "v"), snr_shift=2.0,
-                                                  prediction_type="v_prediction"))
+                                                  prediction_type="v_prediction", balance_motions=True))
     first, second = (DiffusionPrior.from_pretrained(tmp_path / f) for f in ("v", "v2"))
     diff = [(a - b).abs().max() for a, b in zip(first.unet.parameters(), second.unet.parameters())]
     assert 0 < max(diff) < 0.05  # one small step away
@@ -539,6 +539,21 @@ def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrai
     still = prior.encode_prompts(["a red cube"])
     prior.predict_noise = lambda x, t, text, cam, f=prior.predict_noise: f(x, t, still.expand(len(x), -1, -1), cam)
     assert motion_prompt_gain(prior, n=8, timesteps=(500, 900)) == {500: 0.0, 900: 0.0}
+
+
+def test_balanced_motions_draw_each_motion_equally_often():
+    """With balance_motions every motion (and still) fills a fifth of the batches, spinning
+    included, though it shows on 2 of the 6 shapes; without it each clip is equally likely."""
+    from threedgen.priors.embedded.train import clip_weights, video_combinations
+
+    combos = video_combinations()
+    combo = torch.arange(len(combos)).repeat_interleave(3)  # 3 clips of each combination
+    motion = [combos[k][1] for k in combo.tolist()]
+    share = lambda w, m: float(sum(wi for wi, mi in zip(w, motion) if mi == m) / w.sum())  # noqa: E731
+    balanced, plain = clip_weights(combos, combo, True), clip_weights(combos, combo, False)
+    for m in (None, "bouncing", "spinning", "sliding", "pulsing"):
+        assert share(balanced, m) == pytest.approx(0.2)
+    assert share(plain, "spinning") == pytest.approx(2 / 26) and share(plain, None) == pytest.approx(6 / 26)
 
 
 @pytest.mark.parametrize("option, value, rule", [("--timestep-shift", "0", "timestep_shift > 0"),

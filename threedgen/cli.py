@@ -128,7 +128,7 @@ def cmd_train_prior(args) -> int:
                 max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
                 prediction_type=args.prediction_type, temporal_loss_weight=args.temporal_loss_weight,
                 clips_per_combination=args.clips or T.VideoTrainConfig.clips_per_combination,
-                snr_shift=args.snr_shift,
+                snr_shift=args.snr_shift, balance_motions=args.balance_motions,
                 **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
                 **({"init_from": args.init_from} if args.init_from else {}))
         except ValueError as e:
@@ -241,6 +241,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with --video: what the UNet predicts (default epsilon)")
     t.add_argument("--temporal-loss-weight", type=float, default=0.0,
                    help="with --video: weight of the frame-to-frame difference of the error (default 0: off)")
+    t.add_argument("--balance-motions", action="store_true",
+                   help="with --video: draw each motion (and still) equally often, not each clip")
     t.add_argument("--fixed-phase", action="store_true", help="with --video: every training clip starts at phase 0")
     t.add_argument("--ema-decay", type=float, default=0.0, help="with --video: EMA decay of the saved weights (default 0.999)")
     t.add_argument("--snr-shift", type=float, default=1.0,

@@ -226,6 +226,7 @@ class VideoTrainConfig(TrainConfig):
     temporal_loss_weight: float = 0.0  # see diffusion_loss
     temporal_lr_scale: float = 1.0  # learning-rate factor of the temporal layers (is_temporal)
     snr_shift: float = 1.0  # the noise schedule's SNR divided by snr_shift^2 (model.build_scheduler)
+    balance_motions: bool = False  # True: each motion (and still) fills an equal share of the batches
 
     def __post_init__(self):
         if self.prediction_type not in ("epsilon", "v_prediction"):
@@ -291,6 +292,17 @@ def render_video_dataset(cfg: VideoTrainConfig, g: torch.Generator) -> dict:
             alpha.append(r.alpha.unflatten(0, (n, cfg.frames)))
             index.append(torch.full((n,), k))
     return {"luminance": torch.cat(lum), "alpha": torch.cat(alpha), "combo": torch.cat(index), "combos": combos}
+
+
+def clip_weights(combos: list[tuple[str, str | None]], combo: torch.Tensor, balance_motions: bool) -> torch.Tensor:
+    """combo [N] (each clip's index into combos) -> [N] sampling weights: uniform over clips, or
+    uniform over motions (still counted as one) with balance_motions. Spinning shows on two
+    shapes only, so uniform clips give it 2 in 26 batches and the prior learns it last."""
+    if not balance_motions:
+        return torch.ones(len(combo))
+    motion = [combos[k][1] for k in combo.tolist()]
+    count = {m: motion.count(m) for m in set(motion)}
+    return torch.tensor([1.0 / count[m] for m in motion])
 
 
 def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrainConfig) -> None:
@@ -369,8 +381,10 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
     names = list(world.COLOURS)
     alphas = M.build_scheduler(cfg.prediction_type, cfg.snr_shift).alphas_cumprod
 
+    weights = clip_weights(data["combos"], data["combo"], cfg.balance_motions)
+
     def loss_fn(step: int) -> torch.Tensor:
-        idx = torch.randint(len(data["combo"]), (cfg.batch_size,), generator=g)
+        idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=g)
         combos = [data["combos"][k] for k in data["combo"][idx].tolist()]
         colours = [rng.choice([c for c in names if (s, c) not in world.HELD_OUT]) for s, _ in combos]
         T = cfg.frames
