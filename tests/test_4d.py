@@ -120,9 +120,9 @@ def test_mixed_times_render_each_camera_at_its_own_time():
     with torch.no_grad():
         out = g.render(cams, torch.ones(3))
         single = [g.render(cams[k:k + 1], torch.ones(3)).rgb for k in range(3)]
-    for k in range(3):
-        torch.testing.assert_close(out.rgb[k], single[k][0])
-    assert not torch.allclose(out.rgb[0], out.rgb[1])
+    for k in range(3):  # batched and single matmuls sum in different orders on some CPUs (3e-4 seen)
+        torch.testing.assert_close(out.rgb[k], single[k][0], atol=2e-3, rtol=0)
+    assert (out.rgb[0] - out.rgb[1]).abs().max() > 0.05  # the two times differ far beyond that
 
 
 def test_held_canonical_sends_the_gradient_to_the_deformation_only():
@@ -543,17 +543,18 @@ def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrai
 
 def test_balanced_motions_draw_each_motion_equally_often():
     """With balance_motions every motion (and still) fills a fifth of the batches, spinning
-    included, though it shows on 2 of the 6 shapes; without it each clip is equally likely."""
-    from threedgen.priors.embedded.train import clip_weights, video_combinations
+    included, though only 2 of the 26 combinations spin (their share of the clips)."""
+    from threedgen.priors.embedded.train import motion_weights, video_combinations
 
     combos = video_combinations()
     combo = torch.arange(len(combos)).repeat_interleave(3)  # 3 clips of each combination
     motion = [combos[k][1] for k in combo.tolist()]
-    share = lambda w, m: float(sum(wi for wi, mi in zip(w, motion) if mi == m) / w.sum())  # noqa: E731
-    balanced, plain = clip_weights(combos, combo, True), clip_weights(combos, combo, False)
+    weights = motion_weights(combos, combo)
     for m in (None, "bouncing", "spinning", "sliding", "pulsing"):
-        assert share(balanced, m) == pytest.approx(0.2)
-    assert share(plain, "spinning") == pytest.approx(2 / 26) and share(plain, None) == pytest.approx(6 / 26)
+        share = float(sum(w for w, mi in zip(weights, motion) if mi == m) / weights.sum())
+        assert share == pytest.approx(0.2)
+    assert motion.count("spinning") / len(motion) == pytest.approx(2 / 26)
+    assert motion.count(None) / len(motion) == pytest.approx(6 / 26)
 
 
 @pytest.mark.parametrize("option, value, rule", [("--timestep-shift", "0", "timestep_shift > 0"),

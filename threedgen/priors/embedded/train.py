@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -294,14 +295,12 @@ def render_video_dataset(cfg: VideoTrainConfig, g: torch.Generator) -> dict:
     return {"luminance": torch.cat(lum), "alpha": torch.cat(alpha), "combo": torch.cat(index), "combos": combos}
 
 
-def clip_weights(combos: list[tuple[str, str | None]], combo: torch.Tensor, balance_motions: bool) -> torch.Tensor:
-    """combo [N] (each clip's index into combos) -> [N] sampling weights: uniform over clips, or
-    uniform over motions (still counted as one) with balance_motions. Spinning shows on two
-    shapes only, so uniform clips give it 2 in 26 batches and the prior learns it last."""
-    if not balance_motions:
-        return torch.ones(len(combo))
+def motion_weights(combos: list[tuple[str, str | None]], combo: torch.Tensor) -> torch.Tensor:
+    """combo [N] (each clip's index into combos) -> [N] sampling weights that give every motion
+    (still counted as one) an equal share. Spinning shows on two shapes only, so drawing clips
+    uniformly gives it 2 batches in 26."""
     motion = [combos[k][1] for k in combo.tolist()]
-    count = {m: motion.count(m) for m in set(motion)}
+    count = Counter(motion)
     return torch.tensor([1.0 / count[m] for m in motion])
 
 
@@ -381,10 +380,13 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
     names = list(world.COLOURS)
     alphas = M.build_scheduler(cfg.prediction_type, cfg.snr_shift).alphas_cumprod
 
-    weights = clip_weights(data["combos"], data["combo"], cfg.balance_motions)
+    weights = motion_weights(data["combos"], data["combo"]) if cfg.balance_motions else None
 
     def loss_fn(step: int) -> torch.Tensor:
-        idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=g)
+        if weights is None:  # each clip equally likely (the draws of the shipped runs)
+            idx = torch.randint(len(data["combo"]), (cfg.batch_size,), generator=g)
+        else:
+            idx = torch.multinomial(weights, cfg.batch_size, replacement=True, generator=g)
         combos = [data["combos"][k] for k in data["combo"][idx].tolist()]
         colours = [rng.choice([c for c in names if (s, c) not in world.HELD_OUT]) for s, _ in combos]
         T = cfg.frames
