@@ -503,6 +503,46 @@ def test_clip_times_from_phase_zero_or_random():
     assert t[:, 0].std() > 0.2  # phases spread over the period
 
 
+def test_check_prior_video_scores_samples_and_reports_the_gain_per_motion(tmp_path, monkeypatch, capsys,
+                                                                         untrained_video_prior):
+    """``threedgen check-prior --video`` end to end on an untrained prior with the shipped clip
+    classifier (fewer clips for the classifier's own accuracy and the gains, and DDIM from pure
+    noise, which needs no mean clip: to keep it short)."""
+    import functools
+    import shutil
+
+    from threedgen.priors.diffusion import EMBEDDED_VIDEO_PATH
+    from threedgen.priors.embedded import check, classifier
+
+    shutil.copytree(untrained_video_prior, tmp_path / "prior")
+    shutil.copytree(EMBEDDED_VIDEO_PATH / "classifier", tmp_path / "prior" / "classifier")
+    monkeypatch.setattr(classifier, "clip_classifier_accuracy",
+                        functools.partial(classifier.clip_classifier_accuracy, n=8))
+    gain = check.motion_prompt_gain
+    monkeypatch.setattr(check, "motion_prompt_gain", lambda prior, **kw: gain(prior, **{**kw, "n": 4}))
+    assert main(["check-prior", "--video", "--path", str(tmp_path / "prior"), "--views", "1", "--steps", "2",
+                 "--t-start", "-1", "--seed", "3", "--grid", str(tmp_path / "grid.png")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["sampler"]["seed"] == 3 and out["samples"] == 26
+    assert 0 <= out["all"] <= min(out["shape"], out["colour"], out["motion"])
+    assert set(out["motion_by_label"]) == {"still", *world.MOTIONS}
+    assert set(out["motion_prompt_gain_by_motion"]) == set(world.MOTIONS)
+    assert all(set(g) == {"600", "850", "950"} for g in out["motion_prompt_gain_by_motion"].values())
+    assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_clip_batch_of_one_motion_draws_only_its_shapes():
+    from threedgen.priors.embedded.classifier import STILL, clip_batch
+
+    r, shapes, motions = clip_batch(6, torch.Generator().manual_seed(0), frames=2, motion="spinning")
+    assert r.rgb.shape[0] == 12 and motions.tolist() == [1 + world.MOTIONS.index("spinning")] * 6
+    assert {world.SHAPES[k] for k in shapes.tolist()} <= set(world.SPIN_DEGREES)
+    _, _, still = clip_batch(3, torch.Generator().manual_seed(0), frames=2, motion=STILL)
+    assert still.tolist() == [0, 0, 0]
+    with pytest.raises(ValueError, match="no clips of motion 'dancing'"):
+        clip_batch(2, torch.Generator().manual_seed(0), motion="dancing")
+
+
 def test_temporal_loss_counts_only_errors_that_change_between_frames():
     from threedgen.priors.embedded.train import diffusion_loss
 

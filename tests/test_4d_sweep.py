@@ -5,8 +5,8 @@ acceptance).
 Full sweep:  python -m pytest -m slow -s tests/test_4d_sweep.py
 The recipe moves the whole object by a root motion, takes the video CFG against the still prompt
 and shows image steps the object in its own frame (docs/video-prior.md has the runs): bouncing,
-sliding, pulsing and the still cone pass; the spinning cube does not turn (the video prior's
-weakest motion). The bouncing case is marked `ci`.
+sliding, pulsing and the still cone pass; the spinning cube does not turn (the camera-blind video
+prior has not learnt "spinning": docs/video-prior.md). The bouncing case is marked `ci`.
 """
 
 import json

@@ -164,11 +164,11 @@ def cmd_check_prior(args) -> int:
     if args.video:
         result = check_video_prior(Path(args.path) if args.path else EMBEDDED_VIDEO_PATH, Path(args.grid),
                                    samples=args.views, guidance_scale=args.guidance_scale, steps=args.steps,
-                                   t_start=t_start)
+                                   seed=args.seed, t_start=t_start)
     else:
         result = check_prior(Path(args.path) if args.path else EMBEDDED_PATH, Path(args.grid),
                              views=args.views, guidance_scale=args.guidance_scale, steps=args.steps,
-                             t_start=t_start)
+                             seed=args.seed, t_start=t_start)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -259,6 +259,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--views", type=int, default=4, help="samples per prompt (with --video: per shape and motion)")
     c.add_argument("--guidance-scale", type=float, default=7.5)
     c.add_argument("--steps", type=int, default=50)
+    c.add_argument("--seed", type=int, default=0, help="seeds the noise, cameras and colours drawn")
     c.add_argument("--t-start", type=int, default=850,
                    help="start DDIM at this timestep from the world's mean image; -1: pure noise at the top")
     c.set_defaults(func=cmd_check_prior)

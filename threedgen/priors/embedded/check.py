@@ -101,7 +101,7 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
     samples = _sample(prior, prompts, cams, guidance_scale, steps, g, t_start, mean)
     shapes, colours = classifier.predict(samples)
     result: dict = {"classifier_on_world": classifier_accuracy(classifier),
-                    "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start}}
+                    "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start, "seed": seed}}
     for name, want in [("seen", False), ("held_out", True)]:
         idx = [i for i, k in enumerate(keys) if (k in held_out) == want]
         ok_s = [shapes[i] == keys[i][0] for i in idx]
@@ -152,13 +152,14 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
 
 
 # --- the video prior (``threedgen check-prior --video``) -------------------------------------------
-def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase: bool = True):
-    """n random world clips (``clip_batch``) in random colours, encoded -> (x0 [n, C, T, h, w],
-    shape ids [n], motion ids [n] (0 = still), colour names)."""
+def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase: bool = True,
+                motion: str | None = None):
+    """n random world clips (``clip_batch``; motion: of that motion only) in random colours,
+    encoded -> (x0 [n, C, T, h, w], shape ids [n], motion ids [n] (0 = still), colour names)."""
     from threedgen.priors.embedded.classifier import clip_batch
 
     frames = prior.world["frames"]
-    r, shapes, motions = clip_batch(n, g, frames, random_phase=random_phase)
+    r, shapes, motions = clip_batch(n, g, frames, random_phase=random_phase, motion=motion)
     names = list(world.COLOURS)
     colours = [names[i] for i in torch.randint(len(names), (n,), generator=g)]
     rgb = world.colourize(r.luminance, r.alpha, world.colour_tensor(colours).repeat_interleave(frames, 0))
@@ -178,16 +179,17 @@ def clip_mean_latent(prior: DiffusionPrior, n: int = 96, seed: int = 0) -> Tenso
 
 
 @torch.no_grad()
-def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 950), seed: int = 1) -> dict:
+def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 950), seed: int = 1,
+                       motion: str | None = None) -> dict:
     """{t: 1 - e_true / e_still}: how much the motion word improves the prior's estimate of x0
-    from x_t, on n noised world clips that move (phases as the prior was trained), where e is
-    the mean squared x0 error with the prompt naming the clip's motion (e_true) or none
-    (e_still). 0: the prior ignores the motion words; the word matters where x_t no longer shows
-    the motion, at high noise."""
+    from x_t, on n noised world clips that move (phases as the prior was trained; motion: of
+    that motion only), where e is the mean squared x0 error with the prompt naming the clip's
+    motion (e_true) or none (e_still). 0: the prior ignores the motion words; the word matters
+    where x_t no longer shows the motion, at high noise."""
     from threedgen.priors.embedded.train import video_prompt
 
     g = torch.Generator().manual_seed(seed)
-    x0, shapes, motions, colours = world_clips(prior, n, g, trained_random_phase(prior))
+    x0, shapes, motions, colours = world_clips(prior, n, g, trained_random_phase(prior), motion)
     keep = (motions > 0).nonzero().squeeze(-1).tolist()
     x0 = x0[keep]
     clips = [(colours[k], world.SHAPES[shapes[k]], world.MOTIONS[motions[k] - 1]) for k in keep]
@@ -237,12 +239,14 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
     shapes, colours, motions = classifier.predict(clips)
     ok = np.array([[s == k[0], c == k[1], m == k[2]] for s, c, m, k in zip(shapes, colours, motions, keys)])
     result = {"classifier_on_world": clip_classifier_accuracy(classifier), "samples": len(keys),
-              "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start},
+              "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start, "seed": seed},
               "shape": float(ok[:, 0].mean()), "colour": float(ok[:, 1].mean()), "motion": float(ok[:, 2].mean()),
               "all": float(ok.all(1).mean()),
               "motion_by_label": {m: float(ok[[k[2] == m for k in keys], 2].mean())
                                   for m in (STILL, *world.MOTIONS)},
-              "motion_prompt_gain": motion_prompt_gain(prior)}
+              "motion_prompt_gain": motion_prompt_gain(prior),
+              "motion_prompt_gain_by_motion": {m: motion_prompt_gain(prior, n=16, motion=m)
+                                               for m in world.MOTIONS}}
     if out_png is not None:  # one clip per row, its frames side by side
         per_row = clips[::samples].transpose(1, 2)  # [rows, T, 3, R, R]
         save_grid(per_row.flatten(0, 1), per_row.shape[1], out_png)

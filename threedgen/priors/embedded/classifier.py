@@ -163,13 +163,15 @@ class ClipClassifier(ModelMixin, ConfigMixin):
 
 
 def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60.0), distance=(2.6, 3.0),
-               random_phase: bool = True):
+               random_phase: bool = True, motion: str | None = None):
     """n random clips of every (shape, motion) the video prior learns, in red ->
     (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still));
-    random_phase: see ``train.clip_times``."""
+    random_phase: see ``train.clip_times``; motion: only clips of this motion ("still" included)."""
     from threedgen.priors.embedded.train import clip_times, render_clips, video_combinations
 
-    combos = video_combinations()
+    combos = [c for c in video_combinations() if motion is None or (c[1] or STILL) == motion]
+    if not combos:
+        raise ValueError(f"no clips of motion {motion!r}; motions: {STILL}, {', '.join(world.MOTIONS)}")
     pick = torch.randint(len(combos), (n,), generator=g).tolist()
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
     cams = make_cameras(u(*elevation), u(0.0, 360.0), u(*distance), 30.0, 32)
