@@ -271,6 +271,19 @@ def test_stage_two_image_steps_frame_and_video_cfg_branch(tmp_path, untrained_vi
         assert negative is None  # the empty prompt
 
 
+@pytest.mark.parametrize("prompt, evals", [("a yellow cone", 1), ("a yellow cone bouncing", 2)])
+def test_motion_only_cfg_of_a_still_prompt_runs_the_video_prior_once(tmp_path, untrained_video_prior, prompt, evals):
+    """A still prompt's motion-only CFG compares the prompt with itself: one video prior call a clip."""
+    from systems.text_to_4d import TextTo4D
+    from threedgen.config import load
+
+    cfg = load([CONFIG], [f"prompt={prompt}", "system.video.prior.name=diffusers",
+                          f"system.video.prior.path={untrained_video_prior}", "system.video.start=0",
+                          "system.video.image_probability=0.0", "system.representation.n=300"])
+    _, guided = TextTo4D(cfg, tmp_path).distill(5, torch.Generator().manual_seed(0))
+    assert guided.prior_evals == evals
+
+
 def test_4d_resume_continues_the_deformation(tmp_path, untrained_video_prior):
     run = fit4d(tmp_path, untrained_video_prior, "prompt=a red cube spinning", "trainer.ckpt_every=2")
     assert main(["fit", "--resume", str(run)]) == 0  # complete: a no-op that keeps the weights

@@ -5,6 +5,7 @@ the same generator seed, so each pair of methods draws the same t and eps.
 """
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -291,6 +292,17 @@ def test_perp_neg_removes_only_the_perpendicular_part(prior, cond):
     torch.testing.assert_close(got.eps, want, rtol=1e-4, atol=1e-5)
     assert got.evals == 9
     torch.testing.assert_close(got.eps[0], plain.eps[0], rtol=1e-4, atol=1e-5)  # weight 0
+
+
+def test_cfg_against_the_same_condition_runs_the_prior_once(prior, cond):
+    torch.manual_seed(0)
+    x_t, t = torch.randn(3, 12, 16, 16), torch.tensor([300, 500, 700])
+    same = replace(cond, negative=cond.text)
+    got = guided_noise(prior, x_t, t, same, 7.5, use_camera=False)
+    assert got.evals == 3
+    torch.testing.assert_close(got.eps, prior.predict_noise(x_t, t, cond.text, cond.null_camera), rtol=1e-4, atol=1e-5)
+    # with the camera the branches differ: both run
+    assert guided_noise(prior, x_t, t, same, 7.5).evals == 6
 
 
 def test_perpendicular_is_orthogonal():

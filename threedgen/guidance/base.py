@@ -112,6 +112,10 @@ def perpendicular(a: Tensor, b: Tensor) -> Tensor:
     return a - dot.view(-1, *[1] * (a.dim() - 1)) * b
 
 
+def _same(a: Tensor | None, b: Tensor | None) -> bool:
+    return a is b or (a is not None and b is not None and torch.equal(a, b))
+
+
 def guided_noise(prior: Prior, x_t: Tensor, t: Tensor, cond: Conditioning, scale: float,
                  use_camera: bool = True) -> Guided:
     """Classifier-free guidance (with Perp-Neg when ``cond.perp_neg``), in one batched prior call.
@@ -119,6 +123,11 @@ def guided_noise(prior: Prior, x_t: Tensor, t: Tensor, cond: Conditioning, scale
     x_t [B, C, h, w], t [B] -> Guided(eps, eps_c, eps_u, evals).
     """
     cam_c = cond.camera if use_camera else cond.null_camera
+    if not cond.perp_neg and torch.equal(cond.text, cond.uncond) and _same(cam_c, cond.null_camera):
+        # Both branches see one condition (a still prompt against itself, 4D's motion-only CFG):
+        # CFG returns it at any scale, so the prior runs once.
+        (eps,) = predict_branches(prior, x_t, t, [(cond.text, cam_c)])
+        return Guided(eps, eps, eps, len(x_t))
     branches = [(cond.text, cam_c), (cond.uncond, cond.null_camera)]
     branches += [(text, cam_c) for text, _ in cond.perp_neg]
     eps_c, eps_u, *eps_neg = predict_branches(prior, x_t, t, branches)
