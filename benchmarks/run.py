@@ -130,13 +130,13 @@ def bench_4d_step(video_prior, repeats: int) -> dict[str, float]:
     rep.train()
     v = cfg.video
     guidance = GUIDANCE[v.guidance.name](v.guidance, video_prior)
-    cond = PromptProcessor(video_prior, "a red ball bouncing", cfg=PromptConfig(view_dependent=False)).conditioning(None, batch=1)
+    prompts = PromptProcessor(video_prior, "a red ball bouncing", cfg=PromptConfig(view_dependent=False))
     bg = torch.ones(3)
 
     def render(k: int, g: torch.Generator):
         cam = sample_cameras(1, CameraRanges(), v.resolution, g)
         cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=torch.arange(v.frames) / v.frames)
-        return rep.render(cams, bg).rgb.transpose(0, 1)[None], cond  # a clip [1, 3, T, H, W]
+        return rep.render(cams, bg).rgb.transpose(0, 1)[None], prompts.conditioning(cam)  # a clip [1, 3, T, H, W]
 
     return timed_steps(repeats, render, guidance, rep.optimizers())
 

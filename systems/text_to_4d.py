@@ -5,8 +5,8 @@ run, with the image prior and the prompt in its words. Stage 2: each step draws,
 probability ``image_probability``, an image step (the usual views, all at one random time), else
 a video step: one random camera, T = ``frames`` consecutive times 1/T apart from a random start
 in [0, 1/T), the clip [1, 3, T, H, W] scored by the video guidance with one diffusion timestep
-(Dream-in-4D / 4D-fy). The representation's regularisers (temporal smoothness, deformation size)
-join every step.
+(Dream-in-4D / 4D-fy) and, for a camera-conditioned video prior, the clip's camera. The
+representation's regularisers (temporal smoothness, deformation size) join every step.
 """
 
 from __future__ import annotations
@@ -73,7 +73,9 @@ class TextTo4D(TextTo3D):
         clip_cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=times)
         out = self.representation.render(clip_cams, self.background, generator=g, canonical_grad=v.train_canonical)
         clip = out.rgb.transpose(0, 1)[None]  # [1, 3, T, H, W]
-        cond = self.video_prompts.conditioning(None, step, batch=1)
+        cond = self.video_prompts.conditioning(cam, step)  # the clip's camera, if the prior takes one
+        if v.motion_only_guidance:  # CFG between two motions of the object seen from the same camera
+            cond = replace(cond, null_camera=cond.camera)
         return out, self.video_guidance(clip, cond, step, generator=g)
 
     # --- outputs ----------------------------------------------------------------------------------

@@ -384,6 +384,83 @@ def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
     assert (control - per_frame).abs().mean() > 4 * (clip - per_frame).abs().mean()
 
 
+def test_camera_input_starts_as_a_no_op_then_conditions_the_video_unet(tmp_path):
+    """model.with_camera_input gives a camera-blind video UNet (the priors shipped before the
+    camera) a zero camera projection: the same prediction for any camera until it is trained.
+    initial_video_prior upgrades such a folder; a folder with the input is left as it is."""
+    import json
+
+    from diffusers import UNetMotionModel
+
+    from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded import train as T
+
+    torch.manual_seed(0)
+    blind = UNetMotionModel.from_config({**M.build_video_unet().config, "time_cond_proj_dim": None}).eval()
+    unet = M.with_camera_input(blind).eval()
+    assert unet.config.time_cond_proj_dim == M.CAMERA_DIM and M.with_camera_input(unet) is unet
+    x, t, text = torch.randn(2, 12, 4, 16, 16), torch.tensor([300, 800]), torch.randn(8, M.MAX_TOKENS, 64)
+    camera = torch.randn(2, M.CAMERA_DIM)
+    with torch.no_grad():
+        before = blind(x, t, text).sample
+        torch.testing.assert_close(unet(x, t, text, timestep_cond=camera).sample, before)
+        unet.time_embedding.cond_proj.weight.normal_()
+        assert (unet(x, t, text, timestep_cond=camera).sample - before).abs().max() > 1e-2
+        torch.testing.assert_close(unet(x, t, text, timestep_cond=torch.zeros(2, M.CAMERA_DIM)).sample, before)
+    with pytest.raises(ValueError, match="time_cond_proj_dim 3"):
+        M.with_camera_input(UNetMotionModel.from_config({**blind.config, "time_cond_proj_dim": 3}))
+    # a camera-blind video prior's folder trains on with the camera
+    tok = M.build_tokenizer(T.video_vocabulary())
+    T.save_video_pipeline(tmp_path / "blind", blind, M.build_text_encoder(len(tok)), tok, T.VideoTrainConfig())
+    assert json.loads((tmp_path / "blind/unet/config.json").read_text())["time_cond_proj_dim"] is None
+    _, start = T.initial_video_prior(tmp_path / "blind", tok, torch.Generator().manual_seed(0))
+    assert start.config.time_cond_proj_dim == M.CAMERA_DIM
+    assert start.time_embedding.cond_proj.weight.abs().max() == 0
+
+
+def test_video_prior_reads_the_camera_and_the_4d_clip_passes_its_own(tmp_path, untrained_video_prior, monkeypatch):
+    """A video prior with the camera input is camera-conditioned (the null camera = no camera),
+    and a video step hands it the clip's camera: in both CFG branches with motion-only guidance,
+    against the null camera without."""
+    from systems.text_to_4d import TextTo4D
+    from threedgen.cameras import make_cameras
+    from threedgen.config import load
+    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.priors.embedded import model as M
+
+    prior = DiffusionPrior.from_pretrained(untrained_video_prior)
+    assert prior.has_camera and prior.camera_dim == M.CAMERA_DIM
+    x, t = torch.randn(1, 12, 8, 16, 16), torch.tensor([500])
+    text = prior.encode_prompts(["a red mug spinning"])
+    cams = make_cameras([20.0, 20.0], [0.0, 90.0], 2.8, 30.0, 32)
+    with torch.no_grad():
+        a, b = (prior.predict_noise(x, t, text, prior.camera_condition(cams[i:i + 1], 1)) for i in (0, 1))
+        null = prior.predict_noise(x, t, text, prior.camera_condition(None, 1))
+        torch.testing.assert_close(null, prior.predict_noise(x, t, text, None))
+    assert (a - b).abs().max() > 1e-3 and (a - null).abs().max() > 1e-3
+    for motion_only in (True, False):
+        cfg = load([CONFIG], ["prompt=a red mug spinning", "system.video.prior.name=diffusers",
+                              f"system.video.prior.path={untrained_video_prior}", "system.video.start=0",
+                              "system.video.image_probability=0.0", "system.representation.n=300",
+                              f"system.video.motion_only_guidance={motion_only}"])
+        system = TextTo4D(cfg, tmp_path / str(motion_only))
+        seen = {}
+
+        def spy(name, fn):
+            def call(*args, **kw):
+                seen[name] = args[-1] if name == "camera" else args[0]
+                return fn(*args, **kw)
+            return call
+
+        monkeypatch.setattr(system.representation, "render", spy("cams", system.representation.render))
+        monkeypatch.setattr(system.video_prior, "predict_noise", spy("camera", system.video_prior.predict_noise))
+        system.distill(5, torch.Generator().manual_seed(0))
+        clip_camera = M.camera_embedding(seen["cams"][:1])  # one camera over the clip
+        assert seen["cams"].azimuth.unique().numel() == 1 and clip_camera[0, -1] == 1
+        expected = torch.cat([clip_camera, clip_camera if motion_only else torch.zeros_like(clip_camera)])
+        torch.testing.assert_close(seen["camera"], expected)
+
+
 def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
     """The shipped video prior loads by name (HF_HUB_OFFLINE=1), reads the video words, predicts
     the noise of noised moving-world clips better than the frame-by-frame image prior it started
@@ -403,7 +480,8 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
     start_text, start = initial_video_prior(EMBEDDED_PATH, tokenizer, g)
     combos = [("sphere", "bouncing"), ("cube", "spinning"), ("cylinder", "sliding"), ("cone", None)]
     times = clip_times(4, 8, g, random_phase=trained_random_phase(prior))
-    r = render_clips(combos, random_cameras(4, VideoTrainConfig(), g), times)
+    cams = random_cameras(4, VideoTrainConfig(), g)
+    r = render_clips(combos, cams, times)
     clips = prior.encode_images(r.rgb.unflatten(0, (4, 8)).transpose(1, 2))  # red objects
     prompts = ["a red ball bouncing", "a red cube spinning", "a red cylinder sliding", "a red cone"]
     text = prior.encode_prompts(prompts)
@@ -417,7 +495,7 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
         noise = torch.randn(clips.shape, generator=g)
         x_t = a.sqrt() * clips + (1 - a).sqrt() * noise
         with torch.no_grad():
-            eps = prior.predict_noise(x_t, torch.full((4,), t_shipped), text, None)
+            eps = prior.predict_noise(x_t, torch.full((4,), t_shipped), text, prior.camera_condition(cams, 4))
             errors["shipped"] += (eps - noise).square().mean().item()
             eps0 = start(x_t, torch.full((4,), t), M.frame_text(start, text0, 8)).sample
             errors["start"] += (eps0 - noise).square().mean().item()
@@ -468,12 +546,18 @@ def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rat
     from diffusers import UNet2DConditionModel
 
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded.train import TrainConfig, is_temporal, optimise
+    from threedgen.priors.embedded.train import (CAMERA_PROJECTION, TrainConfig, VideoTrainConfig, is_temporal,
+                                                 lr_scale, optimise)
 
     unet = M.inflate(UNet2DConditionModel.from_config(M.build_unet().config))
     names = [n for n, _ in unet.named_parameters()]
     temporal = [n for n in names if is_temporal(n)]
     assert temporal == [n for n in names if "motion_modules." in n]
+    cfg = VideoTrainConfig(temporal_lr_scale=2.0, camera_lr_scale=30.0)
+    scales = {n: lr_scale(n, cfg) for n in names}
+    assert CAMERA_PROJECTION in names and scales[CAMERA_PROJECTION] == 30.0
+    assert {n for n, k in scales.items() if k == 2.0} == set(temporal)
+    assert sum(k == 1.0 for k in scales.values()) == len(names) - len(temporal) - 1
     assert any(n.startswith("mid_block.") for n in temporal) and any(n.startswith("up_blocks.") for n in temporal)
     assert is_temporal("transformer_in.proj_in.weight") and is_temporal("down_blocks.0.temp_convs.0.conv1.0.weight")
     assert not any(is_temporal(n) for n in ("down_blocks.0.attentions.0.proj_in.weight", "conv_in.weight"))
@@ -547,10 +631,11 @@ def test_check_prior_video_scores_samples_and_reports_the_gain_per_motion(tmp_pa
 def test_clip_batch_of_one_motion_draws_only_its_shapes():
     from threedgen.priors.embedded.classifier import STILL, clip_batch
 
-    r, shapes, motions = clip_batch(6, torch.Generator().manual_seed(0), frames=2, motion="spinning")
-    assert r.rgb.shape[0] == 12 and motions.tolist() == [1 + world.MOTIONS.index("spinning")] * 6
+    r, shapes, motions, cams = clip_batch(6, torch.Generator().manual_seed(0), frames=2, motion="spinning")
+    assert r.rgb.shape[0] == 12 and len(cams) == 6
+    assert motions.tolist() == [1 + world.MOTIONS.index("spinning")] * 6
     assert {world.SHAPES[k] for k in shapes.tolist()} <= set(world.SPIN_DEGREES)
-    _, _, still = clip_batch(3, torch.Generator().manual_seed(0), frames=2, motion=STILL)
+    _, _, still, _ = clip_batch(3, torch.Generator().manual_seed(0), frames=2, motion=STILL)
     assert still.tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="no clips of motion 'dancing'"):
         clip_batch(2, torch.Generator().manual_seed(0), motion="dancing")
@@ -614,6 +699,7 @@ def test_balanced_motions_draw_each_motion_equally_often():
                                                   ("--max-loss-weight", "0.5", "max_loss_weight >= 1"),
                                                   ("--temporal-loss-weight", "-1", "temporal_loss_weight >= 0"),
                                                   ("--temporal-lr-scale", "0", "temporal_lr_scale > 0"),
+                                                  ("--camera-lr-scale", "-1", "camera_lr_scale > 0"),
                                                   ("--ema-decay", "1.5", "0 <= ema_decay < 1"),
                                                   ("--clips", "-2", "clips_per_combination >= 1"),
                                                   ("--snr-shift", "0.5", "snr_shift >= 1")])

@@ -125,6 +125,7 @@ def cmd_train_prior(args) -> int:
             video_cfg = T.VideoTrainConfig(
                 steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
                 timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
+                camera_lr_scale=args.camera_lr_scale,
                 max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
                 prediction_type=args.prediction_type, temporal_loss_weight=args.temporal_loss_weight,
                 clips_per_combination=args.clips or T.VideoTrainConfig.clips_per_combination,
@@ -233,6 +234,8 @@ def parser() -> argparse.ArgumentParser:
                                        "or an earlier video prior's folder")
     t.add_argument("--timestep-shift", type=float, default=1.0,
                    help="with --video: draw t = T u^(1/k), k > 1 favouring high noise (default 1: uniform)")
+    t.add_argument("--camera-lr-scale", type=float, default=1.0,
+                   help="with --video: learning-rate factor of the camera projection (default 1)")
     t.add_argument("--temporal-lr-scale", type=float, default=1.0,
                    help="with --video: learning-rate factor of the temporal layers (default 1)")
     t.add_argument("--max-loss-weight", type=float, default=1.0,

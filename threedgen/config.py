@@ -191,8 +191,9 @@ class VideoConfig:
     image_prompt: str | None = None
     # True: the video guidance's CFG is taken against the image prompt (the object without its
     # motion) instead of the empty prompt (or negative_prompt), so that its scale amplifies the
-    # motion alone; how the object looks is the image prior's job. For a still prompt the video
-    # guidance is then the conditional prediction alone.
+    # motion alone; how the object looks is the image prior's job. A camera-conditioned video
+    # prior sees the clip's camera in both branches. For a still prompt the video guidance is
+    # then the conditional prediction alone.
     motion_only_guidance: bool = False
     # Image steps see the object in its own frame: at their time, without the representation's
     # root motion (false). The image prior knows objects at rest at the centre, so with the root

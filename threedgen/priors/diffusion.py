@@ -91,12 +91,15 @@ class DiffusionPrior(nn.Module):
         self.num_views = multiview["num_views"] if multiview else 1
         if multiview:
             install_multiview_attention(unet, self.num_views)
-        # The camera: the embedded world's features, MVDream's c2w, or none.
-        self.camera_kind = ("c2w" if multiview else "world" if (
-            world is not None and config.get("class_embed_type") == "projection"
-            and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM) else None)
         self.sdxl = config.get("addition_embed_type") == "text_time"
         self.video = isinstance(unet, VIDEO_UNETS)
+        # The camera: the embedded world's features (an image UNet's class embedding, a video
+        # UNet's timestep_cond), MVDream's c2w, or none.
+        world_camera = world is not None and (
+            config.get("time_cond_proj_dim") == CAMERA_DIM if self.video else
+            config.get("class_embed_type") == "projection"
+            and config.get("projection_class_embeddings_input_dim") == CAMERA_DIM)
+        self.camera_kind = "c2w" if multiview else "world" if world_camera else None
         self.text_encoder_id: str | None = None  # names the text encoder(s) for the embedding cache
 
     @classmethod
@@ -228,8 +231,10 @@ class DiffusionPrior(nn.Module):
         prediction [B, C, h, w] in float32 (the first C channels: IF-style UNets append a variance)."""
         hidden, extra = self.unet_kwargs(text)
         dtype = unet.dtype
-        if self.video:  # clips [B, C, T, h, w]; video UNets take no class labels
+        if self.video:  # clips [B, C, T, h, w]; the camera, if any, is the timestep condition
             hidden = frame_text(unet, hidden, x_t.shape[2])
+            if class_labels is not None:
+                extra["timestep_cond"] = class_labels.to(dtype)
         else:
             extra["class_labels"] = None if class_labels is None else class_labels.to(dtype)
         out = unet(x_t.to(dtype), t, hidden.to(dtype), **extra).sample.float()

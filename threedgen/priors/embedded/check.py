@@ -155,15 +155,16 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
 def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase: bool = True,
                 motion: str | None = None):
     """n random world clips (``clip_batch``; motion: of that motion only) in random colours,
-    encoded -> (x0 [n, C, T, h, w], shape ids [n], motion ids [n] (0 = still), colour names)."""
+    encoded -> (x0 [n, C, T, h, w], shape ids [n], motion ids [n] (0 = still), colour names,
+    the clips' cameras)."""
     from threedgen.priors.embedded.classifier import clip_batch
 
     frames = prior.world["frames"]
-    r, shapes, motions = clip_batch(n, g, frames, random_phase=random_phase, motion=motion)
+    r, shapes, motions, cams = clip_batch(n, g, frames, random_phase=random_phase, motion=motion)
     names = list(world.COLOURS)
     colours = [names[i] for i in torch.randint(len(names), (n,), generator=g)]
     rgb = world.colourize(r.luminance, r.alpha, world.colour_tensor(colours).repeat_interleave(frames, 0))
-    return prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2)), shapes, motions, colours
+    return prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2)), shapes, motions, colours, cams
 
 
 def trained_random_phase(prior: DiffusionPrior) -> bool:
@@ -174,7 +175,7 @@ def trained_random_phase(prior: DiffusionPrior) -> bool:
 def clip_mean_latent(prior: DiffusionPrior, n: int = 96, seed: int = 0) -> Tensor:
     """[1, C, T, h, w]: the mean encoded training clip (phases as the prior was trained), for
     ``ddim_sample``'s truncated start."""
-    x0, _, _, _ = world_clips(prior, n, torch.Generator().manual_seed(seed), trained_random_phase(prior))
+    x0, *_ = world_clips(prior, n, torch.Generator().manual_seed(seed), trained_random_phase(prior))
     return x0.mean(0, keepdim=True)
 
 
@@ -184,14 +185,15 @@ def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 
     """{t: 1 - e_true / e_still}: how much the motion word improves the prior's estimate of x0
     from x_t, on n noised world clips that move (phases as the prior was trained; motion: of
     that motion only), where e is the mean squared x0 error with the prompt naming the clip's
-    motion (e_true) or none (e_still). 0: the prior ignores the motion words; the word matters
-    where x_t no longer shows the motion, at high noise."""
+    motion (e_true) or none (e_still), both with the clip's camera if the prior takes one. 0: the
+    prior ignores the motion words; the word matters where x_t no longer shows the motion, at
+    high noise."""
     from threedgen.priors.embedded.train import video_prompt
 
     g = torch.Generator().manual_seed(seed)
-    x0, shapes, motions, colours = world_clips(prior, n, g, trained_random_phase(prior), motion)
+    x0, shapes, motions, colours, cams = world_clips(prior, n, g, trained_random_phase(prior), motion)
     keep = (motions > 0).nonzero().squeeze(-1).tolist()
-    x0 = x0[keep]
+    x0, camera = x0[keep], prior.camera_condition(cams[keep], len(keep))
     clips = [(colours[k], world.SHAPES[shapes[k]], world.MOTIONS[motions[k] - 1]) for k in keep]
     texts = {kind: prior.encode_prompts([video_prompt(c, s, m if kind == "true" else None, random.Random(0))
                                          for c, s, m in clips])
@@ -202,7 +204,7 @@ def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 
         noise = torch.randn(x0.shape, generator=g)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         tt = torch.full((len(x0),), t)
-        err = {kind: ((prior.predict_noise(x_t, tt, text, None) - noise).square().mean() * (1 - a) / a).item()
+        err = {kind: ((prior.predict_noise(x_t, tt, text, camera) - noise).square().mean() * (1 - a) / a).item()
                for kind, text in texts.items()}  # eps error -> x0 error
         gain[t] = round(1 - err["true"] / err["still"], 4)
     return gain
@@ -213,8 +215,9 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
                       guidance_scale: float = 7.5, steps: int = 50, seed: int = 0,
                       t_start: int | None = 850) -> dict:
     """Samples ``samples`` clips of every (shape, motion) the video prior learnt, each in a seen
-    colour drawn at random, and reports the clip classifier's shape, colour and motion accuracy
-    (and all three at once), plus the classifier's own accuracy on fresh world clips."""
+    colour drawn at random and from a random camera in the training range, and reports the clip
+    classifier's shape, colour and motion accuracy (and all three at once), plus the classifier's
+    own accuracy on fresh world clips."""
     from threedgen.priors.embedded.classifier import STILL, ClipClassifier, clip_classifier_accuracy
     from threedgen.priors.embedded.train import video_combinations, video_prompt
 
@@ -230,10 +233,12 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
             keys.append((shape, colour, motion or STILL))
             prompts.append(video_prompt(colour, shape, motion, random.Random(len(prompts))))
     mean = clip_mean_latent(prior) if t_start is not None else None
+    n, (lo, hi) = len(prompts), prior.world["camera"]["elevation"]
+    cams = make_cameras(lo + (hi - lo) * torch.rand(n, generator=g), 360.0 * torch.rand(n, generator=g),
+                        2.8, 30.0, prior.resolution)  # used by a camera-conditioned prior only
     clips = []
-    for i in range(0, len(prompts), 32):
-        text = prior.encode_prompts(prompts[i:i + 32])
-        cond = Conditioning(text, prior.encode_prompts([""]).expand_as(text), None, None)
+    for i in range(0, n, 32):
+        cond = _conditioning(prior, prompts[i:i + 32], cams[i:i + 32])
         clips.append(ddim_sample(prior, cond, guidance_scale, steps, g, t_start=t_start, mean_latent=mean))
     clips = torch.cat(clips)  # [N, 3, T, R, R]
     shapes, colours, motions = classifier.predict(clips)

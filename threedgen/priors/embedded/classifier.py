@@ -165,7 +165,8 @@ class ClipClassifier(ModelMixin, ConfigMixin):
 def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60.0), distance=(2.6, 3.0),
                random_phase: bool = True, motion: str | None = None):
     """n random clips of every (shape, motion) the video prior learns, in red ->
-    (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still));
+    (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still), the n
+    clips' cameras);
     random_phase: see ``train.clip_times``; motion: only clips of this motion ("still" included)."""
     from threedgen.priors.embedded.train import clip_times, render_clips, video_combinations
 
@@ -179,7 +180,7 @@ def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60
     motions = (STILL, *world.MOTIONS)
     shape_ids = torch.tensor([world.SHAPES.index(combos[k][0]) for k in pick])
     motion_ids = torch.tensor([motions.index(combos[k][1] or STILL) for k in pick])
-    return r, shape_ids, motion_ids
+    return r, shape_ids, motion_ids, cams
 
 
 def _as_clips(x: Tensor, frames: int) -> Tensor:
@@ -194,7 +195,7 @@ def train_clip_classifier(out: Path, steps: int = 1200, n_clips: int = 1500, fra
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
     t0 = time.time()
-    data, shapes, motions = clip_batch(n_clips, g, frames)
+    data, shapes, motions, _ = clip_batch(n_clips, g, frames)
     log.info("clip classifier: rendered %d clips in %.0f s", n_clips, time.time() - t0)
     lum, alpha = _as_clips(data.luminance, frames), _as_clips(data.alpha, frames)
     palette = world.colour_tensor(list(world.COLOURS))
@@ -220,7 +221,7 @@ def train_clip_classifier(out: Path, steps: int = 1200, n_clips: int = 1500, fra
 def clip_classifier_accuracy(model: ClipClassifier, n: int = 300, seed: int = 1234) -> dict[str, float]:
     """Accuracy on fresh clips (a seed the training never used), every colour."""
     g = torch.Generator().manual_seed(seed)
-    r, shapes, motions = clip_batch(n, g)
+    r, shapes, motions, _ = clip_batch(n, g)
     colours = torch.randint(len(world.COLOURS), (n,), generator=g)
     palette = world.colour_tensor(list(world.COLOURS))
     frames = r.rgb.shape[0] // n

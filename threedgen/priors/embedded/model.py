@@ -6,14 +6,14 @@ pixel-unshuffle codec: 32x32x3 pixels in [0, 1] <-> 16x16x12 "latents" in [-1, 1
 latent-diffusion code path and makes the UNet about 3x cheaper than one at full resolution.
 
 The video prior has the same layout with an AnimateDiff ``UNetMotionModel`` (the image UNet's
-spatial layers, no camera input, plus motion modules: temporal attention over the frames with
-sinusoidal frame positions) on clips of VIDEO_FRAMES frames in the image prior's 16x16x12
-latents. Its spatial layers start from the image prior's weights (``inflate``), its motion modules
-as the identity, so training begins from a frame-by-frame image denoiser and only has to learn
-motion and coherence across frames (AnimateDiff). A ``UNet3DConditionModel`` was tried first (its
-temporal attention has no frame positions). Neither learnt the motion words on the plain cosine
-schedule; what taught this one was dividing the schedule's SNR (``build_scheduler``'s
-``snr_shift``), see docs/video-prior.md.
+spatial layers, the camera through ``time_cond_proj_dim``, plus motion modules: temporal
+attention over the frames with sinusoidal frame positions) on clips of VIDEO_FRAMES frames in
+the image prior's 16x16x12 latents. Its spatial layers start from the image prior's weights
+(``inflate``), its motion modules as the identity, so training begins from a frame-by-frame
+image denoiser and only has to learn motion and coherence across frames (AnimateDiff). A
+``UNet3DConditionModel`` was tried first (its temporal attention has no frame positions).
+Neither learnt the motion words on the plain cosine schedule; what taught this one was dividing
+the schedule's SNR (``build_scheduler``'s ``snr_shift``), see docs/video-prior.md.
 """
 
 from __future__ import annotations
@@ -113,13 +113,39 @@ def motion_adapter() -> MotionAdapter:
 
 
 def build_video_unet() -> UNetMotionModel:
-    """About 6M parameters on [B, 12, T, 16, 16] clip latents; text only (no camera)."""
-    return _with_motion(_without_camera(build_unet()))
+    """About 6M parameters on [B, 12, T, 16, 16] clip latents; text, and the clip's camera
+    [B, CAMERA_DIM] as ``timestep_cond`` (see ``_video_spatial``)."""
+    return _with_motion(_video_spatial(build_unet()))
 
 
-def _without_camera(image_unet: UNet2DConditionModel) -> UNet2DConditionModel:
+def _video_spatial(image_unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The image UNet with the camera moved from the class embedding (which ``UNetMotionModel``
+    lacks) to ``time_cond_proj_dim``: a bias-free projection of the camera features added to the
+    sinusoidal timestep features, so that the all-zero null camera adds nothing.
+
+    Why the video prior needs the camera: a clip of an object spinning about the vertical axis is
+    the still object seen from an orbiting camera, so over unknown camera azimuths the mean
+    spinning clip is the mean still clip and a camera-blind prior cannot learn "spinning"
+    (docs/video-prior.md)."""
     return UNet2DConditionModel(**{**image_unet.config, "class_embed_type": None,
-                                   "projection_class_embeddings_input_dim": None})
+                                   "projection_class_embeddings_input_dim": None,
+                                   "time_cond_proj_dim": CAMERA_DIM})
+
+
+@torch.no_grad()
+def with_camera_input(unet: UNetMotionModel) -> UNetMotionModel:
+    """A camera-blind video UNet (``time_cond_proj_dim`` None, as the first shipped video priors)
+    given the camera input, its projection at zero (float32): it predicts exactly as before for
+    every camera until trained. A UNet that has the input is returned as it is."""
+    if unet.config.time_cond_proj_dim == CAMERA_DIM:
+        return unet
+    if unet.config.time_cond_proj_dim is not None:
+        raise ValueError(f"video UNet: time_cond_proj_dim {unet.config.time_cond_proj_dim}, not {CAMERA_DIM}")
+    state = unet.state_dict()
+    upgraded = UNetMotionModel.from_config({**unet.config, "time_cond_proj_dim": CAMERA_DIM})
+    state["time_embedding.cond_proj.weight"] = torch.zeros_like(upgraded.time_embedding.cond_proj.weight)
+    upgraded.load_state_dict(state)
+    return upgraded
 
 
 def _with_motion(image_unet: UNet2DConditionModel) -> UNetMotionModel:
@@ -136,17 +162,20 @@ def _with_motion(image_unet: UNet2DConditionModel) -> UNetMotionModel:
 
 @torch.no_grad()
 def inflate(image_unet: UNet2DConditionModel) -> UNetMotionModel:
-    """A video UNet that, as built, denoises every frame as ``image_unet`` does with the null camera.
+    """A video UNet that, as built, denoises every frame as ``image_unet`` does with the null camera,
+    whatever camera it is given.
 
     Spatial weights are copied; the null camera's class embedding (a constant added to the time
-    embedding) is folded into the time embedding's bias; the motion modules start as the identity
+    embedding) is folded into the time embedding's bias; the new camera projection
+    (``_video_spatial``) starts at zero; the motion modules start as the identity
     (``motion_adapter``)."""
     state = {k: v for k, v in image_unet.state_dict().items() if not k.startswith("class_embedding.")}
     null_camera = image_unet.class_embedding(torch.zeros(1, CAMERA_DIM))[0]
     state["time_embedding.linear_2.bias"] = state["time_embedding.linear_2.bias"] + null_camera
-    plain = _without_camera(image_unet)
-    plain.load_state_dict(state)
-    return _with_motion(plain)
+    spatial = _video_spatial(image_unet)
+    state["time_embedding.cond_proj.weight"] = torch.zeros_like(spatial.time_embedding.cond_proj.weight)
+    spatial.load_state_dict(state)
+    return _with_motion(spatial)
 
 
 def frame_text(unet, text: Tensor, frames: int) -> Tensor:
