@@ -625,6 +625,7 @@ def test_check_prior_video_scores_samples_and_reports_the_gain_per_motion(tmp_pa
     assert set(out["motion_by_label"]) == {"still", *world.MOTIONS}
     assert set(out["motion_prompt_gain_by_motion"]) == set(world.MOTIONS)
     assert all(set(g) == {"600", "850", "950"} for g in out["motion_prompt_gain_by_motion"].values())
+    assert set(out["camera_gain"]) == {"600", "850", "950"}
     assert (tmp_path / "grid.png").stat().st_size > 0
 
 
@@ -677,6 +678,18 @@ def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrai
     still = prior.encode_prompts(["a red cube"])
     prior.predict_noise = lambda x, t, text, cam, f=prior.predict_noise: f(x, t, still.expand(len(x), -1, -1), cam)
     assert motion_prompt_gain(prior, n=8, timesteps=(500, 900)) == {500: 0.0, 900: 0.0}
+
+
+def test_camera_gain_is_zero_for_a_prior_blind_to_the_camera(untrained_video_prior):
+    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.priors.embedded.check import camera_gain
+
+    prior = DiffusionPrior.from_pretrained(untrained_video_prior)
+    gain = camera_gain(prior, n=6, timesteps=(500, 900))
+    assert set(gain) == {500, 900} and all(-1 < g < 1 for g in gain.values()) and gain != {500: 0.0, 900: 0.0}
+    null = prior.camera_condition(None, 6)
+    prior.predict_noise = lambda x, t, text, cam, f=prior.predict_noise: f(x, t, text, null)
+    assert camera_gain(prior, n=6, timesteps=(500, 900)) == {500: 0.0, 900: 0.0}
 
 
 def test_balanced_motions_draw_each_motion_equally_often():

@@ -211,6 +211,33 @@ def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 
 
 
 @torch.no_grad()
+def camera_gain(prior: DiffusionPrior, n: int = 32, timesteps=(600, 850, 950), seed: int = 1,
+                motion: str | None = None) -> dict:
+    """{t: 1 - e_camera / e_null}: how much the clip's camera improves the prior's estimate of
+    x0 from x_t on n noised world clips (motion: of that motion only, "still" included), the
+    prompt naming each clip's shape, colour and motion; e is the mean squared x0 error with the
+    clip's camera or with the null camera. 0 for a camera-blind prior."""
+    from threedgen.priors.embedded.train import video_prompt
+
+    g = torch.Generator().manual_seed(seed)
+    x0, shapes, motions, colours, cams = world_clips(prior, n, g, trained_random_phase(prior), motion)
+    names = (None, *world.MOTIONS)
+    text = prior.encode_prompts([video_prompt(c, world.SHAPES[s], names[m], random.Random(0))
+                                 for c, s, m in zip(colours, shapes.tolist(), motions.tolist())])
+    cameras = {"camera": prior.camera_condition(cams, n), "null": prior.camera_condition(None, n)}
+    gain = {}
+    for t in timesteps:
+        a = prior.alphas_cumprod[t]
+        noise = torch.randn(x0.shape, generator=g)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        tt = torch.full((n,), t)
+        err = {kind: ((prior.predict_noise(x_t, tt, text, cam) - noise).square().mean() * (1 - a) / a).item()
+               for kind, cam in cameras.items()}  # eps error -> x0 error
+        gain[t] = round(1 - err["camera"] / err["null"], 4)
+    return gain
+
+
+@torch.no_grad()
 def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior.png"), samples: int = 4,
                       guidance_scale: float = 7.5, steps: int = 50, seed: int = 0,
                       t_start: int | None = 850) -> dict:
@@ -234,8 +261,8 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
             prompts.append(video_prompt(colour, shape, motion, random.Random(len(prompts))))
     mean = clip_mean_latent(prior) if t_start is not None else None
     n, (lo, hi) = len(prompts), prior.world["camera"]["elevation"]
-    cams = make_cameras(lo + (hi - lo) * torch.rand(n, generator=g), 360.0 * torch.rand(n, generator=g),
-                        2.8, 30.0, prior.resolution)  # used by a camera-conditioned prior only
+    # drawn from rng, not g, so that a camera-blind prior's samples are those it drew before
+    cams = make_cameras(lo + (hi - lo) * rng.random(n), 360.0 * rng.random(n), 2.8, 30.0, prior.resolution)
     clips = []
     for i in range(0, n, 32):
         cond = _conditioning(prior, prompts[i:i + 32], cams[i:i + 32])
@@ -251,7 +278,8 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
                                   for m in (STILL, *world.MOTIONS)},
               "motion_prompt_gain": motion_prompt_gain(prior),
               "motion_prompt_gain_by_motion": {m: motion_prompt_gain(prior, n=16, motion=m)
-                                               for m in world.MOTIONS}}
+                                               for m in world.MOTIONS},
+              "camera_gain": camera_gain(prior) if prior.has_camera else None}
     if out_png is not None:  # one clip per row, its frames side by side
         per_row = clips[::samples].transpose(1, 2)  # [rows, T, 3, R, R]
         save_grid(per_row.flatten(0, 1), per_row.shape[1], out_png)
