@@ -195,18 +195,23 @@ def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 
     keep = (motions > 0).nonzero().squeeze(-1).tolist()
     x0, camera = x0[keep], prior.camera_condition(cams[keep], len(keep))
     clips = [(colours[k], world.SHAPES[shapes[k]], world.MOTIONS[motions[k] - 1]) for k in keep]
-    texts = {kind: prior.encode_prompts([video_prompt(c, s, m if kind == "true" else None, random.Random(0))
-                                         for c, s, m in clips])
-             for kind in ("true", "still")}
+    true, still = (prior.encode_prompts([video_prompt(c, s, m if word else None, random.Random(0))
+                                         for c, s, m in clips]) for word in (True, False))
+    return _gain(prior, x0, timesteps, g, (true, camera), (still, camera))
+
+
+def _gain(prior: DiffusionPrior, x0: Tensor, timesteps, g: torch.Generator, with_it: tuple, without: tuple) -> dict:
+    """{t: 1 - e(with_it) / e(without)}, e the mean squared x0 error of the prior's estimate from
+    x0 [n, C, T, h, w] noised to t, given (text [n, L, D], camera [n, Dc] | None) conditions."""
     gain = {}
     for t in timesteps:
         a = prior.alphas_cumprod[t]
         noise = torch.randn(x0.shape, generator=g)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         tt = torch.full((len(x0),), t)
-        err = {kind: ((prior.predict_noise(x_t, tt, text, camera) - noise).square().mean() * (1 - a) / a).item()
-               for kind, text in texts.items()}  # eps error -> x0 error
-        gain[t] = round(1 - err["true"] / err["still"], 4)
+        err = [((prior.predict_noise(x_t, tt, text, camera) - noise).square().mean() * (1 - a) / a).item()
+               for text, camera in (with_it, without)]  # eps error -> x0 error
+        gain[t] = round(1 - err[0] / err[1], 4)
     return gain
 
 
@@ -224,17 +229,8 @@ def camera_gain(prior: DiffusionPrior, n: int = 32, timesteps=(600, 850, 950), s
     names = (None, *world.MOTIONS)
     text = prior.encode_prompts([video_prompt(c, world.SHAPES[s], names[m], random.Random(0))
                                  for c, s, m in zip(colours, shapes.tolist(), motions.tolist())])
-    cameras = {"camera": prior.camera_condition(cams, n), "null": prior.camera_condition(None, n)}
-    gain = {}
-    for t in timesteps:
-        a = prior.alphas_cumprod[t]
-        noise = torch.randn(x0.shape, generator=g)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        tt = torch.full((n,), t)
-        err = {kind: ((prior.predict_noise(x_t, tt, text, cam) - noise).square().mean() * (1 - a) / a).item()
-               for kind, cam in cameras.items()}  # eps error -> x0 error
-        gain[t] = round(1 - err["camera"] / err["null"], 4)
-    return gain
+    return _gain(prior, x0, timesteps, g, (text, prior.camera_condition(cams, n)),
+                 (text, prior.camera_condition(None, n)))
 
 
 @torch.no_grad()
