@@ -143,6 +143,7 @@ def untrained_video_prior(folder: Path) -> Path:
     from threedgen.priors.embedded import model as M
     from threedgen.priors.embedded import train as T
 
+    torch.manual_seed(0)
     tok = M.build_tokenizer(T.video_vocabulary())
     T.save_video_pipeline(folder, M.build_video_unet(), M.build_text_encoder(len(tok)), tok, T.VideoTrainConfig())
     return folder
