@@ -548,7 +548,7 @@ def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rat
     from diffusers import UNet2DConditionModel
 
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded.train import (CAMERA_PROJECTION, TrainConfig, VideoTrainConfig, is_temporal,
+    from threedgen.priors.embedded.train import (TrainConfig, VideoTrainConfig, is_temporal,
                                                  lr_scale, optimise)
 
     unet = M.inflate(UNet2DConditionModel.from_config(M.build_unet().config))
@@ -557,7 +557,7 @@ def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rat
     assert temporal == [n for n in names if "motion_modules." in n]
     cfg = VideoTrainConfig(temporal_lr_scale=2.0, camera_lr_scale=30.0)
     scales = {n: lr_scale(n, cfg) for n in names}
-    assert CAMERA_PROJECTION in names and scales[CAMERA_PROJECTION] == 30.0
+    assert M.CAMERA_PROJECTION in names and scales[M.CAMERA_PROJECTION] == 30.0
     assert {n for n, k in scales.items() if k == 2.0} == set(temporal)
     assert sum(k == 1.0 for k in scales.values()) == len(names) - len(temporal) - 1
     assert any(n.startswith("mid_block.") for n in temporal) and any(n.startswith("up_blocks.") for n in temporal)

@@ -114,36 +114,40 @@ def motion_adapter() -> MotionAdapter:
 
 def build_video_unet() -> UNetMotionModel:
     """About 6M parameters on [B, 12, T, 16, 16] clip latents; text, and the clip's camera
-    [B, CAMERA_DIM] as ``timestep_cond`` (see ``_video_spatial``)."""
-    return _with_motion(_video_spatial(build_unet()))
+    [B, CAMERA_DIM] as ``timestep_cond`` (see ``with_camera_input``)."""
+    return with_camera_input(_with_motion(_camera_blind(build_unet())))
 
 
-def _video_spatial(image_unet: UNet2DConditionModel) -> UNet2DConditionModel:
-    """The image UNet with the camera moved from the class embedding (which ``UNetMotionModel``
-    lacks) to ``time_cond_proj_dim``: a bias-free projection of the camera features added to the
-    sinusoidal timestep features, so that the all-zero null camera adds nothing.
-
-    Why the video prior needs the camera: a clip of an object spinning about the vertical axis is
-    the still object seen from an orbiting camera, so over unknown camera azimuths the mean
-    spinning clip is the mean still clip and a camera-blind prior cannot learn "spinning"
-    (docs/video-prior.md)."""
+def _camera_blind(image_unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """The image UNet's architecture without its camera class embedding, which ``UNetMotionModel``
+    lacks (``with_camera_input`` gives the video UNet its camera another way)."""
     return UNet2DConditionModel(**{**image_unet.config, "class_embed_type": None,
-                                   "projection_class_embeddings_input_dim": None,
-                                   "time_cond_proj_dim": CAMERA_DIM})
+                                   "projection_class_embeddings_input_dim": None})
+
+
+CAMERA_PROJECTION = "time_embedding.cond_proj.weight"  # the video UNet's camera input (with_camera_input)
 
 
 @torch.no_grad()
 def with_camera_input(unet: UNetMotionModel) -> UNetMotionModel:
     """A camera-blind video UNet (``time_cond_proj_dim`` None, as the first shipped video priors)
     given the camera input, its projection at zero (float32): it predicts exactly as before for
-    every camera until trained. A UNet that has the input is returned as it is."""
+    every camera until trained. A UNet that has the input is returned as it is.
+
+    The input is ``time_cond_proj_dim``: a bias-free projection of the camera features added to
+    the sinusoidal timestep features, so that the all-zero null camera adds nothing.
+
+    Why the video prior needs the camera: a clip of an object spinning about the vertical axis is
+    the still object seen from an orbiting camera, so over unknown camera azimuths the mean
+    spinning clip is the mean still clip and a camera-blind prior cannot learn "spinning"
+    (docs/video-prior.md)."""
     if unet.config.time_cond_proj_dim == CAMERA_DIM:
         return unet
     if unet.config.time_cond_proj_dim is not None:
         raise ValueError(f"video UNet: time_cond_proj_dim {unet.config.time_cond_proj_dim}, not {CAMERA_DIM}")
     state = unet.state_dict()
     upgraded = UNetMotionModel.from_config({**unet.config, "time_cond_proj_dim": CAMERA_DIM})
-    state["time_embedding.cond_proj.weight"] = torch.zeros_like(upgraded.time_embedding.cond_proj.weight)
+    state[CAMERA_PROJECTION] = torch.zeros_like(upgraded.state_dict()[CAMERA_PROJECTION])
     upgraded.load_state_dict(state)
     return upgraded
 
@@ -166,16 +170,15 @@ def inflate(image_unet: UNet2DConditionModel) -> UNetMotionModel:
     whatever camera it is given.
 
     Spatial weights are copied; the null camera's class embedding (a constant added to the time
-    embedding) is folded into the time embedding's bias; the new camera projection
-    (``_video_spatial``) starts at zero; the motion modules start as the identity
+    embedding) is folded into the time embedding's bias; the new camera input
+    (``with_camera_input``) starts at zero; the motion modules start as the identity
     (``motion_adapter``)."""
     state = {k: v for k, v in image_unet.state_dict().items() if not k.startswith("class_embedding.")}
     null_camera = image_unet.class_embedding(torch.zeros(1, CAMERA_DIM))[0]
     state["time_embedding.linear_2.bias"] = state["time_embedding.linear_2.bias"] + null_camera
-    spatial = _video_spatial(image_unet)
-    state["time_embedding.cond_proj.weight"] = torch.zeros_like(spatial.time_embedding.cond_proj.weight)
+    spatial = _camera_blind(image_unet)
     spatial.load_state_dict(state)
-    return _with_motion(spatial)
+    return with_camera_input(_with_motion(spatial))
 
 
 def frame_text(unet, text: Tensor, frames: int) -> Tensor:

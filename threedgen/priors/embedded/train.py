@@ -368,9 +368,6 @@ def extend_vocabulary(text_encoder, tokenizer, new_words: list[str], g: torch.Ge
     return text_encoder
 
 
-CAMERA_PROJECTION = "time_embedding.cond_proj.weight"  # the video UNet's camera input (model._video_spatial)
-
-
 def is_temporal(name: str) -> bool:
     """Whether a video UNet's parameter belongs to a temporal layer (the ones inflation adds): a
     UNetMotionModel's motion modules, a UNet3DConditionModel's temporal convolutions and attentions."""
@@ -381,7 +378,7 @@ def lr_scale(name: str, cfg: VideoTrainConfig) -> float:
     """A video UNet parameter's learning-rate factor: a temporal layer's, the camera projection's, or 1."""
     if is_temporal(name):
         return cfg.temporal_lr_scale
-    return cfg.camera_lr_scale if name == CAMERA_PROJECTION else 1.0
+    return cfg.camera_lr_scale if name == M.CAMERA_PROJECTION else 1.0
 
 
 def train_video(out: Path, cfg: VideoTrainConfig) -> None:
