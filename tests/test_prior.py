@@ -143,3 +143,29 @@ def test_ddim_sample_reaches_the_data_point_whatever_the_unet_predicts(predictio
     cond = Conditioning(torch.zeros(2, 1, 1), torch.zeros(2, 1, 1), None, None)
     out = ddim_sample(Perfect(), cond, 3.0, 5, torch.Generator().manual_seed(0))
     assert (out - x0).abs().max() < 0.05, (out - x0).abs().max()  # DDIM stops at t = 0, not at abar = 1
+
+
+def test_check_prior_scores_a_perfect_sampler_fully_on_the_decidable_tests(tmp_path, monkeypatch, capsys):
+    """``threedgen check-prior`` end to end with a sampler that returns the true render of each
+    prompt at its camera: every shape and colour is right and every camera test that can be
+    decided is passed; the ties (the sphere's 20 elevation tests among them, where the two true
+    silhouettes are the same) are left out of "decidable" and count as misses in "all"."""
+    import json
+
+    from threedgen.cli import main
+    from threedgen.priors.embedded import check
+
+    names = {world.prompt_for(s, c): (s, c) for s in world.SHAPES for c in world.COLOURS}
+
+    def true_renders(prior, prompts, cams, *args, **kwargs):
+        shapes, colours = zip(*(names[p] for p in prompts))
+        return world.render(list(shapes), list(colours), cams).rgb
+
+    monkeypatch.setattr(check, "_sample", true_renders)
+    assert main(["check-prior", "--views", "1", "--steps", "2", "--grid", str(tmp_path / "grid.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["seen"]["both"] == result["held_out"]["both"] == 1.0
+    camera = result["camera"]
+    assert camera["decidable"] == 1.0 and camera["ties"] >= 20 and camera["all"] < 1.0
+    assert camera["elevation_by_shape"]["sphere"] == 0.0 and camera["elevation_by_shape"]["torus"] == 1.0
+    assert (tmp_path / "grid.png").is_file()

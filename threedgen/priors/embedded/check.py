@@ -2,9 +2,10 @@
 
 Samples every shape x colour prompt from several views with DDIM and reports, as JSON:
 - the classifier's shape/colour accuracy on the samples, seen and held-out combinations apart;
-- camera following: a sample's silhouette matches the true render at its own elevation better
+- camera following: a sample's silhouette matches the true render's (both by ``sample_silhouette``) at its own elevation better
   than at +-30 degrees (every shape), at its own azimuth better than at +90/+180 (mug) and +45
-  (cube);
+  (cube); "decidable" leaves out the ties, tests whose two true silhouettes are the same (a
+  sphere's elevations, a mug seen from mirror-image azimuths);
 - the classifier's own accuracy on fresh world renders.
 """
 
@@ -25,6 +26,9 @@ from threedgen.priors.embedded import world
 from threedgen.priors.embedded.classifier import WorldClassifier, classifier_accuracy
 from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
 from threedgen.priors.sampling import ddim_sample
+
+
+TIE_IOU = 0.98  # a camera test whose two true silhouettes overlap this much cannot be decided
 
 
 def sample_silhouette(rgb: Tensor, threshold: float = 0.12) -> Tensor:
@@ -130,23 +134,31 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
     masks = sample_silhouette(samples)
     counts = {"elevation": [0, 0], "mug_azimuth": [0, 0], "cube_azimuth": [0, 0]}
     by_shape = {s: [0, 0] for s in world.SHAPES}  # the elevation tests, per shape
+    decidable = [0, 0]
     for k, (s, colour, e, a, alts) in enumerate(tests):
-        def score(el, azi):
+        def truth(el, azi):  # the true render's silhouette, taken as the sample's is
             c = make_cameras(el, azi, 2.8, 30.0, prior.resolution)
-            return iou(masks[k:k + 1], world.render([s], [colour], c).alpha)
-        own = score(e, a)
+            return sample_silhouette(world.render([s], [colour], c).rgb)
+        own = truth(e, a)
         for el2, az2 in alts:
             kind = "elevation" if el2 != e else f"{s}_azimuth"
-            hit = own > score(el2, az2)
+            other = truth(el2, az2)
+            hit = iou(masks[k:k + 1], own) > iou(masks[k:k + 1], other)
             counts[kind][0] += hit
             counts[kind][1] += 1
             if kind == "elevation":
                 by_shape[s][0] += hit
                 by_shape[s][1] += 1
+            if iou(own, other) < TIE_IOU:
+                decidable[0] += hit
+                decidable[1] += 1
     result["camera"] = {k: round(v[0] / v[1], 4) for k, v in counts.items()}
     total = [sum(v[0] for v in counts.values()), sum(v[1] for v in counts.values())]
     result["camera"]["all"] = round(total[0] / total[1], 4)
-    # A sphere's silhouette is the same from every elevation: its elevation tests are ties.
+    # A sphere's silhouette is the same from every elevation: its elevation tests are ties, which
+    # "all" counts as misses and "decidable" leaves out.
+    result["camera"]["decidable"] = round(decidable[0] / decidable[1], 4)
+    result["camera"]["ties"] = total[1] - decidable[1]
     result["camera"]["elevation_by_shape"] = {s: round(v[0] / v[1], 4) for s, v in by_shape.items()}
     return result
 
