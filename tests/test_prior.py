@@ -169,3 +169,29 @@ def test_check_prior_scores_a_perfect_sampler_fully_on_the_decidable_tests(tmp_p
     assert camera["decidable"] == 1.0 and camera["ties"] >= 20 and camera["all"] < 1.0
     assert camera["elevation_by_shape"]["sphere"] == 0.0 and camera["elevation_by_shape"]["torus"] == 1.0
     assert (tmp_path / "grid.png").is_file()
+
+
+def test_image_prior_training_continues_from_a_prior_folder(tmp_path):
+    """train_diffusion with init_from starts from that folder's weights: one step at learning
+    rate 0 saves them unchanged (from scratch it would save a fresh random UNet)."""
+    from threedgen.priors.embedded.train import PriorTrainConfig, train_diffusion
+
+    cfg = PriorTrainConfig(steps=1, lr=0.0, warmup=0, batch_size=2, renders_per_shape=2,
+                           init_from=str(EMBEDDED_PATH), max_loss_weight=5.0)
+    train_diffusion(tmp_path / "ft", cfg)
+    before = UNet2DConditionModel.from_pretrained(EMBEDDED_PATH / "unet").state_dict()
+    after = UNet2DConditionModel.from_pretrained(tmp_path / "ft" / "unet").state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert DiffusionPrior.from_pretrained(tmp_path / "ft").world["training"]["max_loss_weight"] == 5.0
+
+
+@pytest.mark.parametrize("source", ["missing", "video"])
+def test_image_prior_init_from_a_wrong_folder_is_a_one_line_error(tmp_path, capsys, source):
+    from threedgen.cli import main
+    from threedgen.priors.diffusion import EMBEDDED_VIDEO_PATH
+
+    folder = tmp_path / "not-here" if source == "missing" else EMBEDDED_VIDEO_PATH
+    assert main(["train-prior", "--init-from", str(folder), "--out", str(tmp_path / "out"), "--steps", "1",
+                 "--part", "diffusion"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(folder) in err

@@ -119,11 +119,12 @@ def cmd_train_prior(args) -> int:
     from threedgen.priors.embedded import classifier as K
     from threedgen.priors.embedded import train as T
 
-    video_cfg = None
+    video_cfg = image_cfg = None
     if args.video:
         try:  # validated before anything is written
             video_cfg = T.VideoTrainConfig(
                 steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
+                warmup=args.warmup or T.VideoTrainConfig.warmup,
                 timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
                 camera_lr_scale=args.camera_lr_scale,
                 max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
@@ -134,6 +135,13 @@ def cmd_train_prior(args) -> int:
                 **({"init_from": args.init_from} if args.init_from else {}))
         except ValueError as e:
             raise UserError(f"train-prior --video: {e}") from e
+    else:
+        image_cfg = T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed,
+                                       lr=args.lr or T.PriorTrainConfig.lr,
+                                       warmup=args.warmup or T.PriorTrainConfig.warmup,
+                                       max_loss_weight=args.max_loss_weight, init_from=args.init_from)
+        if args.init_from and not (Path(args.init_from) / "world.json").is_file():
+            raise UserError(f"train-prior --init-from {args.init_from}: not a prior folder (no world.json)")
     out = Path(args.out or ("prior-training/video" if args.video else "prior-training/weights"))
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -144,7 +152,10 @@ def cmd_train_prior(args) -> int:
         if args.video:
             T.train_video(out, video_cfg)
         else:
-            T.train_diffusion(out, T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed))
+            try:
+                T.train_diffusion(out, image_cfg)
+            except ValueError as e:
+                raise UserError(f"train-prior: {e}") from e
     if args.part in ("all", "classifier"):
         if args.video:
             model = K.train_clip_classifier(out / "classifier", seed=args.seed)
@@ -229,8 +240,10 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int, default=0, help="default: 5000 (2000 with --video)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
-    t.add_argument("--lr", type=float, default=0.0, help="with --video: peak learning rate (default 2e-4)")
-    t.add_argument("--init-from", help="with --video: start from this image prior (default: the shipped one) "
+    t.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default 6e-4; 2e-4 with --video)")
+    t.add_argument("--warmup", type=int, default=0, help="learning-rate warmup steps (default 100)")
+    t.add_argument("--init-from", help="continue training this image prior's folder (default: from scratch); "
+                                       "with --video: start from this image prior (default: the shipped one) "
                                        "or an earlier video prior's folder")
     t.add_argument("--timestep-shift", type=float, default=1.0,
                    help="with --video: draw t = T u^(1/k), k > 1 favouring high noise (default 1: uniform)")
@@ -239,7 +252,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--temporal-lr-scale", type=float, default=1.0,
                    help="with --video: learning-rate factor of the temporal layers (default 1)")
     t.add_argument("--max-loss-weight", type=float, default=1.0,
-                   help="with --video: weight each sample's loss by 1/SNR(t), clamped to [1, this] (default 1: off)")
+                   help="weight each sample's loss by 1/SNR(t), clamped to [1, this] (default 1: off)")
     t.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon",
                    help="with --video: what the UNet predicts (default epsilon)")
     t.add_argument("--temporal-loss-weight", type=float, default=0.0,

@@ -53,6 +53,8 @@ class TrainConfig:
 class PriorTrainConfig(TrainConfig):
     camera_dropout: float = 0.1
     renders_per_shape: int = 2000
+    init_from: str | None = None  # continue training this image prior's folder (None: from scratch)
+    max_loss_weight: float = 1.0  # see diffusion_loss's max_weight (1: off)
 
 
 def vocabulary() -> list[str]:
@@ -174,8 +176,8 @@ def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
     random.seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     tokenizer = M.build_tokenizer(vocabulary())
-    text_encoder = M.build_text_encoder(len(tokenizer))
-    unet = M.build_unet()
+    text_encoder, unet = initial_image_prior(Path(cfg.init_from)) if cfg.init_from else \
+        (M.build_text_encoder(len(tokenizer)), M.build_unet())
     codec = M.PixelShuffleCodec(factor=2)
     n_params = sum(p.numel() for p in [*unet.parameters(), *text_encoder.parameters()])
     log.info("unet + text encoder: %.2fM parameters", n_params / 1e6)
@@ -198,10 +200,22 @@ def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
         prompts = ["" if random.random() < cfg.text_dropout else p for p in prompts]
         camera = data["camera"][idx] * (torch.rand(cfg.batch_size, 1, generator=g) >= cfg.camera_dropout)
         text = text_features(tokenizer, text_encoder, prompts)
-        return diffusion_loss(unet, alphas, codec.encode(images), text, g, class_labels=camera)
+        return diffusion_loss(unet, alphas, codec.encode(images), text, g, max_weight=cfg.max_loss_weight,
+                              class_labels=camera)
 
     optimise(cfg, [*unet.parameters(), *text_encoder.parameters()], loss_fn,
              lambda: save_pipeline(out, unet, text_encoder, tokenizer, cfg), t0)
+
+
+def initial_image_prior(folder: Path):
+    """(text encoder, UNet) of the image prior at ``folder``, to train on."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    meta = json.loads((folder / "world.json").read_text())
+    if meta["vocabulary"] != vocabulary() or "motions" in meta:
+        raise ValueError(f"{folder} is not an image prior of this world (vocabulary {meta['vocabulary']})")
+    return CLIPTextModel.from_pretrained(folder / "text_encoder"), UNet2DConditionModel.from_pretrained(folder / "unet")
 
 
 # --- the video prior (``threedgen train-prior --video``) ------------------------------------------
