@@ -289,9 +289,11 @@ def test_perp_neg_removes_only_the_perpendicular_part(prior, cond):
     e_n = prior.predict_noise(x_t, t, other_text, cond.camera)
     e_pos = plain.eps_c - plain.eps_u
     want = plain.eps_u + 5.0 * (e_pos - bcast(w) * perpendicular(e_n - plain.eps_u, e_pos))
-    torch.testing.assert_close(got.eps, want, rtol=1e-4, atol=1e-5)
+    # atol 1e-4: a batched and a separate prior call differ by ~1e-6, which CFG scales by 5 and
+    # more (CI once saw 1.5e-5 on 1 element of 9,216)
+    torch.testing.assert_close(got.eps, want, rtol=1e-4, atol=1e-4)
     assert got.evals == 9
-    torch.testing.assert_close(got.eps[0], plain.eps[0], rtol=1e-4, atol=1e-5)  # weight 0
+    torch.testing.assert_close(got.eps[0], plain.eps[0], rtol=1e-4, atol=1e-4)  # weight 0
 
 
 def test_cfg_against_the_same_condition_runs_the_prior_once(prior, cond):
