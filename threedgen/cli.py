@@ -136,12 +136,13 @@ def cmd_train_prior(args) -> int:
         except ValueError as e:
             raise UserError(f"train-prior --video: {e}") from e
     else:
-        image_cfg = T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed,
-                                       lr=args.lr or T.PriorTrainConfig.lr,
-                                       warmup=args.warmup or T.PriorTrainConfig.warmup,
-                                       max_loss_weight=args.max_loss_weight, init_from=args.init_from)
-        if args.init_from and not (Path(args.init_from) / "world.json").is_file():
-            raise UserError(f"train-prior --init-from {args.init_from}: not a prior folder (no world.json)")
+        try:
+            image_cfg = T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed,
+                                           lr=args.lr or T.PriorTrainConfig.lr,
+                                           warmup=args.warmup or T.PriorTrainConfig.warmup,
+                                           max_loss_weight=args.max_loss_weight, init_from=args.init_from)
+        except ValueError as e:
+            raise UserError(f"train-prior: {e}") from e
     out = Path(args.out or ("prior-training/video" if args.video else "prior-training/weights"))
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -152,10 +153,7 @@ def cmd_train_prior(args) -> int:
         if args.video:
             T.train_video(out, video_cfg)
         else:
-            try:
-                T.train_diffusion(out, image_cfg)
-            except ValueError as e:
-                raise UserError(f"train-prior: {e}") from e
+            T.train_diffusion(out, image_cfg)
     if args.part in ("all", "classifier"):
         if args.video:
             model = K.train_clip_classifier(out / "classifier", seed=args.seed)

@@ -2,10 +2,11 @@
 
 Samples every shape x colour prompt from several views with DDIM and reports, as JSON:
 - the classifier's shape/colour accuracy on the samples, seen and held-out combinations apart;
-- camera following: a sample's silhouette matches the true render's (both by ``sample_silhouette``) at its own elevation better
-  than at +-30 degrees (every shape), at its own azimuth better than at +90/+180 (mug) and +45
-  (cube); "decidable" leaves out the ties, tests whose two true silhouettes are the same (a
-  sphere's elevations, a mug seen from mirror-image azimuths);
+- camera following: a sample's silhouette matches the true render's (both by
+  ``sample_silhouette``) at its own elevation better than at +-30 degrees (every shape), at its
+  own azimuth better than at +90/+180 (mug) and +45 (cube); "decidable" leaves out the ties,
+  tests whose two true silhouettes are the same (a sphere's elevations, a mug seen from
+  mirror-image azimuths);
 - the classifier's own accuracy on fresh world renders.
 """
 
@@ -140,10 +141,11 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
             c = make_cameras(el, azi, 2.8, 30.0, prior.resolution)
             return sample_silhouette(world.render([s], [colour], c).rgb)
         own = truth(e, a)
+        own_score = iou(masks[k:k + 1], own)
         for el2, az2 in alts:
             kind = "elevation" if el2 != e else f"{s}_azimuth"
             other = truth(el2, az2)
-            hit = iou(masks[k:k + 1], own) > iou(masks[k:k + 1], other)
+            hit = own_score > iou(masks[k:k + 1], other)
             counts[kind][0] += hit
             counts[kind][1] += 1
             if kind == "elevation":

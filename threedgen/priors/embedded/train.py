@@ -56,6 +56,18 @@ class PriorTrainConfig(TrainConfig):
     init_from: str | None = None  # continue training this image prior's folder (None: from scratch)
     max_loss_weight: float = 1.0  # see diffusion_loss's max_weight (1: off)
 
+    def __post_init__(self):
+        if self.max_loss_weight < 1:
+            raise ValueError(f"max_loss_weight must be >= 1, not {self.max_loss_weight}")
+        if self.init_from is None:
+            return
+        meta_path = Path(self.init_from) / "world.json"
+        if not meta_path.is_file():
+            raise ValueError(f"--init-from {self.init_from}: not a prior folder (no world.json)")
+        meta = json.loads(meta_path.read_text())
+        if meta["vocabulary"] != vocabulary() or "motions" in meta:
+            raise ValueError(f"{self.init_from} is not an image prior of this world (vocabulary {meta['vocabulary']})")
+
 
 def vocabulary() -> list[str]:
     return [*M.ARTICLES, *world.COLOURS, *world.SHAPES]
@@ -208,13 +220,10 @@ def train_diffusion(out: Path, cfg: PriorTrainConfig) -> None:
 
 
 def initial_image_prior(folder: Path):
-    """(text encoder, UNet) of the image prior at ``folder``, to train on."""
+    """(text encoder, UNet) of the image prior at ``folder`` (checked by PriorTrainConfig), to train on."""
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    meta = json.loads((folder / "world.json").read_text())
-    if meta["vocabulary"] != vocabulary() or "motions" in meta:
-        raise ValueError(f"{folder} is not an image prior of this world (vocabulary {meta['vocabulary']})")
     return CLIPTextModel.from_pretrained(folder / "text_encoder"), UNet2DConditionModel.from_pretrained(folder / "unet")
 
 
