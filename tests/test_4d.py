@@ -300,6 +300,7 @@ def test_4d_config_errors_are_one_line(tmp_path, capsys, untrained_video_prior):
         (CONFIG, ["system.video.prior.name=embedded"], "not a text-to-video model"),
         (CONFIG, ["system.video.guidance.name=vsd"], "trains its own model"),
         (CONFIG, ["system.video.frames=1"], "frames >= 2"),
+        (CONFIG, ["system.video.camera_azimuth=[20,10]"], "camera_azimuth"),
         (CONFIG, ["prompt=a red cube dancing"], "dancing"),
     ]
     for recipe, overrides, message in cases:
@@ -459,6 +460,7 @@ def test_video_prior_reads_the_camera_and_the_4d_clip_passes_its_own(tmp_path, u
         system.distill(5, torch.Generator().manual_seed(0))
         clip_camera = M.camera_embedding(seen["cams"][:1])  # one camera over the clip
         assert seen["cams"].azimuth.unique().numel() == 1 and clip_camera[0, -1] == 1
+        assert -15 <= float(seen["cams"].azimuth[0]) <= 15  # in front, as the prior's clips are filmed
         expected = torch.cat([clip_camera, clip_camera if motion_only else torch.zeros_like(clip_camera)])
         torch.testing.assert_close(seen["camera"], expected)
 
@@ -504,6 +506,11 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
     assert errors["shipped"] < 0.9 * errors["start"], errors
     gain = motion_prompt_gain(prior, n=24, timesteps=(850,))
     assert gain[850] > 0.2, gain  # the UNet3D prior it replaced: 0.001
+    # "spinning" too, on clips filmed as its training clips were (from in front): the prior shipped
+    # before, trained from every azimuth, gained -0.01 from the word
+    assert prior.world["camera"]["azimuth"] == [-15.0, 15.0]
+    spin = motion_prompt_gain(prior, n=16, timesteps=(850,), motion="spinning")
+    assert spin[850] > 0.1, spin
 
 
 def test_snr_shift_divides_the_schedules_snr_and_loads_as_a_diffusers_scheduler(tmp_path):
@@ -711,6 +718,45 @@ def test_balanced_motions_draw_each_motion_equally_often():
         assert share == pytest.approx(0.2)
     assert motion.count("spinning") / len(motion) == pytest.approx(2 / 26)
     assert motion.count(None) / len(motion) == pytest.approx(6 / 26)
+
+
+def test_video_steps_film_the_clip_from_the_configured_azimuths(tmp_path, untrained_video_prior, monkeypatch):
+    from systems.text_to_4d import TextTo4D
+    from threedgen.config import load
+
+    cfg = load([CONFIG], ["prompt=a red mug spinning", "system.video.prior.name=diffusers",
+                          f"system.video.prior.path={untrained_video_prior}", "system.video.start=0",
+                          "system.video.image_probability=0.0", "system.representation.n=300",
+                          "system.video.camera_azimuth=[100,110]"])
+    system = TextTo4D(cfg, tmp_path)
+    azimuths = []
+    render = system.representation.render
+    monkeypatch.setattr(system.representation, "render",
+                        lambda cams, *a, **kw: azimuths.append(float(cams.azimuth[0])) or render(cams, *a, **kw))
+    g = torch.Generator().manual_seed(0)
+    for step in range(4):
+        system.distill(step, g)
+    assert len(set(azimuths)) == 4 and all(100 <= a <= 110 for a in azimuths), azimuths
+
+
+def test_video_training_films_clips_from_its_azimuth_range_and_records_it(tmp_path, capsys):
+    from threedgen.priors.embedded import check
+    from threedgen.priors.embedded.train import VideoTrainConfig, random_cameras
+
+    cams = random_cameras(200, VideoTrainConfig(), torch.Generator().manual_seed(0))
+    assert cams.azimuth.min() >= -15 and cams.azimuth.max() <= 15 and cams.azimuth.std() > 5
+    cams = random_cameras(200, VideoTrainConfig(azimuth=(0.0, 360.0)), torch.Generator().manual_seed(0))
+    assert cams.azimuth.max() - cams.azimuth.min() > 300
+    # the range is recorded in the prior's world.json, where check-prior draws its clips from
+    prior = type("P", (), {"world": {"camera": {"azimuth": [-15.0, 15.0]}}})()
+    assert check.training_azimuth(prior) == (-15.0, 15.0)
+    prior.world = {"camera": {}}  # a prior trained before the range was recorded: every azimuth
+    assert check.training_azimuth(prior) == (0.0, 360.0)
+    out = tmp_path / "run"
+    assert main(["train-prior", "--video", "--out", str(out), "--azimuth", "20", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "azimuth low <= high" in err, err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("option, value, rule", [("--timestep-shift", "0", "timestep_shift > 0"),

@@ -101,6 +101,15 @@ def test_sampler_makes_groups_of_four_views_90_degrees_apart():
     assert not torch.allclose(cams.elevation[0], cams.elevation[4])
 
 
+def test_single_views_are_stratified_over_the_azimuth_range():
+    """One azimuth in each 1/batch of the range (the whole circle by default, as the priors are
+    trained), in a random order."""
+    for ranges, (lo, hi) in ((CameraRanges(), (-180.0, 180.0)), (CameraRanges(azimuth=(-15.0, 15.0)), (-15.0, 15.0))):
+        cams = sample_cameras(6, ranges, 16, torch.Generator().manual_seed(0))
+        sector = ((cams.azimuth - lo) / ((hi - lo) / 6)).floor()
+        assert sorted(sector.tolist()) == list(range(6)) and sector.tolist() != list(range(6))
+
+
 @pytest.mark.parametrize("recipe, extra", [("sds", []), ("sds", ["system.guidance.x0_reconstruction=true"]),
                                            ("vsd", [])], ids=["sds", "x0-recon", "vsd"])
 def test_two_mvdream_guidance_steps_from_the_cli(tmp_path, checkpoint, recipe, extra):

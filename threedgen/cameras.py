@@ -131,15 +131,17 @@ class CameraRanges:
     elevation: tuple[float, float] = (-10.0, 60.0)
     distance: tuple[float, float] = (2.6, 3.0)
     fov_y: tuple[float, float] = (30.0, 30.0)
+    azimuth: tuple[float, float] = (-180.0, 180.0)
 
 
 def sample_cameras(batch: int, ranges: CameraRanges, size: int,
                    generator: torch.Generator | None = None, views_per_group: int = 1) -> Cameras:
-    """Random cameras; azimuths are stratified: one per 360/batch sector, with a random offset.
+    """Random cameras; azimuths are stratified: one per 1/batch of ``ranges.azimuth``, with a
+    random offset.
 
     views_per_group V > 1 (multi-view priors such as MVDream): batch / V groups of V consecutive
     views that share elevation, distance and field of view, at azimuths 360/V apart from a random
-    start (V = 4: 90 degrees)."""
+    start (V = 4: 90 degrees), whatever ``ranges.azimuth``."""
     if views_per_group > 1:
         V = views_per_group
         G = batch // V
@@ -152,8 +154,8 @@ def sample_cameras(batch: int, ranges: CameraRanges, size: int,
     # Uniform on the sphere's band rather than uniform in angle would oversample the equator; the
     # priors are trained uniform in angle, so sample the same way.
     elevation = u(ranges.elevation)
-    offset = torch.rand(1, generator=generator) * 360.0 / batch
-    strata = torch.arange(batch) * 360.0 / batch
-    azimuth = (offset + strata) % 360.0 - 180.0
+    lo, hi = ranges.azimuth
+    offset = torch.rand(1, generator=generator) * (hi - lo) / batch
+    azimuth = (offset + torch.arange(batch) * (hi - lo) / batch) + lo
     azimuth = azimuth[torch.randperm(batch, generator=generator)]
     return make_cameras(elevation, azimuth, u(ranges.distance), u(ranges.fov_y), size)

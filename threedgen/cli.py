@@ -131,6 +131,7 @@ def cmd_train_prior(args) -> int:
                 prediction_type=args.prediction_type, temporal_loss_weight=args.temporal_loss_weight,
                 clips_per_combination=args.clips or T.VideoTrainConfig.clips_per_combination,
                 snr_shift=args.snr_shift, balance_motions=args.balance_motions,
+                **({"azimuth": tuple(args.azimuth)} if args.azimuth else {}),
                 **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
                 **({"init_from": args.init_from} if args.init_from else {}))
         except ValueError as e:
@@ -261,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--ema-decay", type=float, default=0.0, help="with --video: EMA decay of the saved weights (default 0.999)")
     t.add_argument("--snr-shift", type=float, default=1.0,
                    help="with --video: divide the noise schedule's SNR by this squared (default 1: the plain cosine)")
+    t.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
+                   help="with --video: the clips' camera azimuth range, degrees (default -15 15: in front)")
     t.add_argument("--clips", type=int, default=0,
                    help="with --video: training clips rendered per shape and motion (default 60)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")

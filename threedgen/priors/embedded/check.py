@@ -174,11 +174,18 @@ def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase:
     from threedgen.priors.embedded.classifier import clip_batch
 
     frames = prior.world["frames"]
-    r, shapes, motions, cams = clip_batch(n, g, frames, random_phase=random_phase, motion=motion)
+    r, shapes, motions, cams = clip_batch(n, g, frames, random_phase=random_phase, motion=motion,
+                                          azimuth=training_azimuth(prior))
     names = list(world.COLOURS)
     colours = [names[i] for i in torch.randint(len(names), (n,), generator=g)]
     rgb = world.colourize(r.luminance, r.alpha, world.colour_tensor(colours).repeat_interleave(frames, 0))
     return prior.encode_images(rgb.unflatten(0, (n, frames)).transpose(1, 2)), shapes, motions, colours, cams
+
+
+def training_azimuth(prior: DiffusionPrior) -> tuple[float, float]:
+    """The azimuth range (degrees) of the video prior's training cameras (every azimuth for the
+    priors trained before the range was recorded)."""
+    return tuple(prior.world["camera"].get("azimuth", (0.0, 360.0)))
 
 
 def trained_random_phase(prior: DiffusionPrior) -> bool:
@@ -270,9 +277,10 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
             keys.append((shape, colour, motion or STILL))
             prompts.append(video_prompt(colour, shape, motion, random.Random(len(prompts))))
     mean = clip_mean_latent(prior) if t_start is not None else None
-    n, (lo, hi) = len(prompts), prior.world["camera"]["elevation"]
+    n, (lo, hi), (az_lo, az_hi) = len(prompts), prior.world["camera"]["elevation"], training_azimuth(prior)
     # drawn from rng, not g, so that a camera-blind prior's samples are those it drew before
-    cams = make_cameras(lo + (hi - lo) * rng.random(n), 360.0 * rng.random(n), 2.8, 30.0, prior.resolution)
+    cams = make_cameras(lo + (hi - lo) * rng.random(n), az_lo + (az_hi - az_lo) * rng.random(n), 2.8, 30.0,
+                        prior.resolution)
     clips = []
     for i in range(0, n, 32):
         cond = _conditioning(prior, prompts[i:i + 32], cams[i:i + 32])

@@ -163,7 +163,7 @@ class ClipClassifier(ModelMixin, ConfigMixin):
 
 
 def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60.0), distance=(2.6, 3.0),
-               random_phase: bool = True, motion: str | None = None):
+               random_phase: bool = True, motion: str | None = None, azimuth=(0.0, 360.0)):
     """n random clips of every (shape, motion) the video prior learns, in red ->
     (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still), the n
     clips' cameras);
@@ -175,7 +175,7 @@ def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60
         raise ValueError(f"no clips of motion {motion!r}; motions: {STILL}, {', '.join(world.MOTIONS)}")
     pick = torch.randint(len(combos), (n,), generator=g).tolist()
     u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
-    cams = make_cameras(u(*elevation), u(0.0, 360.0), u(*distance), 30.0, 32)
+    cams = make_cameras(u(*elevation), u(*azimuth), u(*distance), 30.0, 32)
     r = render_clips([combos[k] for k in pick], cams, clip_times(n, frames, g, random_phase))
     motions = (STILL, *world.MOTIONS)
     shape_ids = torch.tensor([world.SHAPES.index(combos[k][0]) for k in pick])
