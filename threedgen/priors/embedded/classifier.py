@@ -168,14 +168,14 @@ def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60
     (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still), the n
     clips' cameras);
     random_phase: see ``train.clip_times``; motion: only clips of this motion ("still" included)."""
-    from threedgen.priors.embedded.train import clip_times, render_clips, video_combinations
+    from threedgen.priors.embedded.train import (TrainConfig, clip_times, random_cameras, render_clips,
+                                                 video_combinations)
 
     combos = [c for c in video_combinations() if motion is None or (c[1] or STILL) == motion]
     if not combos:
         raise ValueError(f"no clips of motion {motion!r}; motions: {STILL}, {', '.join(world.MOTIONS)}")
     pick = torch.randint(len(combos), (n,), generator=g).tolist()
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
-    cams = make_cameras(u(*elevation), u(*azimuth), u(*distance), 30.0, 32)
+    cams = random_cameras(n, TrainConfig(elevation=elevation, azimuth=azimuth, distance=distance), g)
     r = render_clips([combos[k] for k in pick], cams, clip_times(n, frames, g, random_phase))
     motions = (STILL, *world.MOTIONS)
     shape_ids = torch.tensor([world.SHAPES.index(combos[k][0]) for k in pick])

@@ -79,6 +79,12 @@ def random_cameras(n: int, cfg: TrainConfig, g: torch.Generator):
     return make_cameras(u(*cfg.elevation), u(*cfg.azimuth), u(*cfg.distance), cfg.fov_y, cfg.resolution)
 
 
+def camera_meta(cfg: TrainConfig) -> dict:
+    """The training cameras' ranges, as a prior's world.json records them."""
+    return {"elevation": list(cfg.elevation), "azimuth": list(cfg.azimuth), "distance": list(cfg.distance),
+            "fov_y": cfg.fov_y}
+
+
 def render_dataset(cfg: PriorTrainConfig, g: torch.Generator) -> dict:
     """Shape-only renders: luminance/alpha [N, 1, R, R], shape index [N], cameras (N views)."""
     lum, alpha, shape_idx, cams = [], [], [], []
@@ -105,7 +111,7 @@ def save_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: PriorTrainConfi
     M.PixelShuffleCodec(factor=2).save_pretrained(out / "vae")
     meta = {"vocabulary": vocabulary(), "shapes": list(world.SHAPES), "colours": list(world.COLOURS),
             "held_out": [list(p) for p in world.HELD_OUT], "resolution": cfg.resolution,
-            "camera": {"elevation": list(cfg.elevation), "azimuth": list(cfg.azimuth), "distance": list(cfg.distance), "fov_y": cfg.fov_y},
+            "camera": camera_meta(cfg),
             "training": asdict(cfg)}
     (out / "world.json").write_text(json.dumps(meta, indent=2))
 
@@ -354,7 +360,7 @@ def save_video_pipeline(out: Path, unet, text_encoder, tokenizer, cfg: VideoTrai
     meta = {"vocabulary": video_vocabulary(), "shapes": list(world.SHAPES), "colours": list(world.COLOURS),
             "motions": list(world.MOTIONS), "synonyms": world.SYNONYMS, "frames": cfg.frames,
             "held_out": [list(p) for p in world.HELD_OUT], "resolution": cfg.resolution,
-            "camera": {"elevation": list(cfg.elevation), "azimuth": list(cfg.azimuth), "distance": list(cfg.distance), "fov_y": cfg.fov_y},
+            "camera": camera_meta(cfg),
             "training": asdict(cfg)}
     (out / "world.json").write_text(json.dumps(meta, indent=2))
 
