@@ -114,8 +114,9 @@ def test_root_motion_moves_the_whole_object_as_one_body():
 
 def test_mixed_times_render_each_camera_at_its_own_time():
     g = dynamic()
-    with torch.no_grad():
-        g.deform[-1].weight[2].normal_(0, 0.1)  # a time-dependent vertical offset
+    row = g.deform[-1].weight[2]  # a time-dependent vertical offset, seeded: an unseeded draw
+    with torch.no_grad():         # gave the two times a difference of only 0.02-0.05 one time in 8
+        row.copy_(0.1 * torch.randn(row.shape, generator=torch.Generator().manual_seed(0)))
     cams = make_cameras([20.0] * 3, [0.0, 0.0, 0.0], 2.8, 30.0, 32, time=[0.1, 0.9, 0.1])
     with torch.no_grad():
         out = g.render(cams, torch.ones(3))
