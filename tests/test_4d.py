@@ -24,7 +24,7 @@ def test_motion_poses_follow_their_definitions():
     t = torch.tensor([0.0, 0.25, 0.5, 0.75])
     bounce = world.motion_pose("bouncing", "sphere", t)
     assert torch.allclose(bounce[:, 2], torch.tensor([-0.25, 0.25 * 2 ** 0.5 - 0.25, 0.25, 0.25 * 2 ** 0.5 - 0.25]), atol=1e-6)
-    assert torch.allclose(world.motion_pose("spinning", "cube", t)[:, 3], 90 * t)
+    assert torch.allclose(world.motion_pose("spinning", "cube", t)[:, 3], 40 * t)
     assert torch.allclose(world.motion_pose("sliding", "cone", t)[:, 1], torch.tensor([0.0, 0.3, 0.0, -0.3]), atol=1e-6)
     assert torch.allclose(world.motion_pose("pulsing", "torus", t)[:, 4], torch.tensor([1.0, 1.2, 1.0, 0.8]), atol=1e-6)
     still = world.motion_pose(None, "mug", t)
@@ -33,6 +33,22 @@ def test_motion_poses_follow_their_definitions():
         world.motion_pose("spinning", "sphere", t)
     with pytest.raises(ValueError, match="unknown motion"):
         world.motion_pose("dancing", "cube", t)
+
+
+def test_every_frame_of_a_spin_looks_nearer_the_forward_turn():
+    """A spin turns less than half the shape's symmetry a clip, so each frame of a clip from phase 0
+    is nearer the still shape turned a little forwards than a little backwards: the local pull
+    that video SDS follows turns a 4D object the right way (a full symmetry turn a clip, as the
+    world had before, made the late frames look like a backward turn)."""
+    cams = make_cameras([20.0] * 3, [10.0] * 3, 2.8, 30.0, 32)
+    for shape in world.SPIN_DEGREES:
+        for t in (1 / 8, 4 / 8, 7 / 8):
+            angle = float(world.motion_pose("spinning", shape, torch.tensor([t]))[0, 3])
+            poses = torch.tensor([[0, 0, 0, angle, 1.0], [0, 0, 0, 0.0, 1.0], [0, 0, 0, 0.0, 1.0]])
+            poses[1:, 3] = torch.tensor([5.0, -5.0])  # turned a little forwards, a little backwards
+            r = world.render([shape] * 3, ["red"] * 3, cams, poses=poses).rgb
+            forwards, backwards = ((r[0] - r[k]).norm() for k in (1, 2))
+            assert forwards < backwards, (shape, t)
 
 
 def test_posed_renders_move_the_object():
@@ -159,7 +175,7 @@ class Scripted(DynamicGaussians):
         self.motion, self.shape, self.phase, self.amplitude = motion, shape, phase, amplitude
 
     def offsets(self, t):
-        pose = world.motion_pose(self.motion, self.shape, torch.tensor([(float(t) + self.phase) % 1.0]))[0]
+        pose = world.motion_pose(self.motion, self.shape, torch.tensor([float(t) + self.phase]))[0]
         x = self.means.detach()
         a = torch.deg2rad(pose[3])
         rot = torch.stack([x[:, 0] * torch.cos(a) - x[:, 1] * torch.sin(a), x[:, 0] * torch.sin(a) + x[:, 1] * torch.cos(a), x[:, 2]], -1)
@@ -175,7 +191,8 @@ def test_motion_correlation_recovers_a_scripted_motion(motion, shape):
     times = torch.arange(16) / 16
     r, phase, amplitude = motion_correlation(motion_track(Scripted(base, motion, shape, 0.3), times), motion, shape, times)
     assert r > 0.97 and amplitude == pytest.approx(1.0, abs=0.1), (r, amplitude)
-    assert phase == pytest.approx(0.3, abs=1 / 16) or motion == "sliding"  # within a sample; a slide's direction is free
+    # within a sample; a slide's direction is free, and a spin's phase only offsets its angle
+    assert phase == pytest.approx(0.3, abs=1 / 16) or motion in ("sliding", "spinning")
     faint = motion_correlation(motion_track(Scripted(base, motion, shape, 0.3, amplitude=0.05), times), motion, shape, times)
     assert faint[2] < 0.1  # a faint wobble of the right shape shows in the amplitude
     other = {"bouncing": "pulsing", "sliding": "bouncing", "spinning": "sliding", "pulsing": "bouncing"}[motion]
@@ -605,7 +622,7 @@ def test_clip_times_from_phase_zero_or_random():
     g = torch.Generator().manual_seed(0)
     assert torch.equal(clip_times(3, 8, g, random_phase=False), (torch.arange(8) / 8).expand(3, 8))
     t = clip_times(200, 8, g)
-    steps = (t.diff(dim=1) % 1.0)
+    steps = t.diff(dim=1)  # not wrapped at 1: a spin turns on instead of jumping back
     assert torch.allclose(steps, torch.full_like(steps, 1 / 8), atol=1e-6)
     assert t[:, 0].std() > 0.2  # phases spread over the period
 
@@ -767,11 +784,23 @@ def test_video_training_films_clips_from_its_azimuth_range_and_records_it(tmp_pa
                                                   ("--camera-lr-scale", "-1", "camera_lr_scale > 0"),
                                                   ("--ema-decay", "1.5", "0 <= ema_decay < 1"),
                                                   ("--clips", "-2", "clips_per_combination >= 1"),
-                                                  ("--snr-shift", "0.5", "snr_shift >= 1")])
+                                                  ("--snr-shift", "0.5", "snr_shift >= 1"),
+                                                  ("--lr", "0", "lr > 0"), ("--warmup", "-1", "warmup >= 0"),
+                                                  ("--steps", "0", "steps >= 1")])
 def test_bad_video_training_options_are_one_line_errors_before_anything_is_written(tmp_path, capsys, option,
                                                                                   value, rule):
     out = tmp_path / "run"
     assert main(["train-prior", "--video", "--out", str(out), option, value]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and rule in err, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [(["--azimuth", "0", "10", "--fixed-phase"], "--fixed-phase, --azimuth only apply with --video"),
+                                           (["--lr", "0"], "training needs lr > 0")])
+def test_bad_image_training_options_are_one_line_errors(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    assert main(["train-prior", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()

@@ -113,37 +113,36 @@ def cmd_export(args) -> int:
     return 0
 
 
+# train-prior's options that are config fields (argparse dest = field name, but --clips and
+# --fixed-phase); the second set only applies to the video prior
+TRAIN_OPTIONS = ("steps", "lr", "warmup", "ema_decay", "max_loss_weight", "init_from")
+VIDEO_TRAIN_OPTIONS = ("timestep_shift", "camera_lr_scale", "temporal_lr_scale", "prediction_type",
+                       "temporal_loss_weight", "balance_motions", "fixed_phase", "snr_shift", "azimuth", "clips")
+
+
 def cmd_train_prior(args) -> int:
     import torch
 
     from threedgen.priors.embedded import classifier as K
     from threedgen.priors.embedded import train as T
 
-    video_cfg = image_cfg = None
-    if args.video:
-        try:  # validated before anything is written
-            video_cfg = T.VideoTrainConfig(
-                steps=args.steps or T.VideoTrainConfig.steps, seed=args.seed, lr=args.lr or T.VideoTrainConfig.lr,
-                warmup=args.warmup or T.VideoTrainConfig.warmup,
-                timestep_shift=args.timestep_shift, temporal_lr_scale=args.temporal_lr_scale,
-                camera_lr_scale=args.camera_lr_scale,
-                max_loss_weight=args.max_loss_weight, random_phase=not args.fixed_phase,
-                prediction_type=args.prediction_type, temporal_loss_weight=args.temporal_loss_weight,
-                clips_per_combination=args.clips or T.VideoTrainConfig.clips_per_combination,
-                snr_shift=args.snr_shift, balance_motions=args.balance_motions,
-                **({"azimuth": tuple(args.azimuth)} if args.azimuth else {}),
-                **({"ema_decay": args.ema_decay} if args.ema_decay else {}),
-                **({"init_from": args.init_from} if args.init_from else {}))
-        except ValueError as e:
-            raise UserError(f"train-prior --video: {e}") from e
-    else:
-        try:
-            image_cfg = T.PriorTrainConfig(steps=args.steps or T.PriorTrainConfig.steps, seed=args.seed,
-                                           lr=args.lr or T.PriorTrainConfig.lr,
-                                           warmup=args.warmup or T.PriorTrainConfig.warmup,
-                                           max_loss_weight=args.max_loss_weight, init_from=args.init_from)
-        except ValueError as e:
-            raise UserError(f"train-prior: {e}") from e
+    # the options given (None / False: not given, the config's default), as config fields
+    given = {k: v for k in (*TRAIN_OPTIONS, *VIDEO_TRAIN_OPTIONS)
+             if (v := getattr(args, k)) is not None and v is not False}  # "--lr 0" is given (0 == False)
+    video_only = [f"--{k.replace('_', '-')}" for k in VIDEO_TRAIN_OPTIONS if k in given]
+    if video_only and not args.video:
+        raise UserError(f"train-prior: {', '.join(video_only)} only apply with --video")
+    if "clips" in given:
+        given["clips_per_combination"] = given.pop("clips")
+    if given.pop("fixed_phase", False):
+        given["random_phase"] = False
+    if "azimuth" in given:
+        given["azimuth"] = tuple(given["azimuth"])
+    try:  # validated before anything is written
+        video_cfg = T.VideoTrainConfig(seed=args.seed, **given) if args.video else None
+        image_cfg = None if args.video else T.PriorTrainConfig(seed=args.seed, **given)
+    except ValueError as e:
+        raise UserError(f"train-prior{' --video' if args.video else ''}: {e}") from e
     out = Path(args.out or ("prior-training/video" if args.video else "prior-training/weights"))
     out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
@@ -236,35 +235,35 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train-prior", help="train the embedded prior (or --video: the video prior) and its classifier")
     t.add_argument("--video", action="store_true", help="the text-to-video prior of the moving world")
     t.add_argument("--out", help="default: prior-training/weights (prior-training/video with --video)")
-    t.add_argument("--steps", type=int, default=0, help="default: 5000 (2000 with --video)")
+    t.add_argument("--steps", type=int, help="default: 5000 (2000 with --video)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
-    t.add_argument("--lr", type=float, default=0.0, help="peak learning rate (default 6e-4; 2e-4 with --video)")
-    t.add_argument("--warmup", type=int, default=0, help="learning-rate warmup steps (default 100)")
+    t.add_argument("--lr", type=float, help="peak learning rate (default 6e-4; 2e-4 with --video)")
+    t.add_argument("--warmup", type=int, help="learning-rate warmup steps (default 100)")
     t.add_argument("--init-from", help="continue training this image prior's folder (default: from scratch); "
                                        "with --video: start from this image prior (default: the shipped one) "
                                        "or an earlier video prior's folder")
-    t.add_argument("--timestep-shift", type=float, default=1.0,
+    t.add_argument("--timestep-shift", type=float,
                    help="with --video: draw t = T u^(1/k), k > 1 favouring high noise (default 1: uniform)")
-    t.add_argument("--camera-lr-scale", type=float, default=1.0,
+    t.add_argument("--camera-lr-scale", type=float,
                    help="with --video: learning-rate factor of the camera projection (default 1)")
-    t.add_argument("--temporal-lr-scale", type=float, default=1.0,
+    t.add_argument("--temporal-lr-scale", type=float,
                    help="with --video: learning-rate factor of the temporal layers (default 1)")
-    t.add_argument("--max-loss-weight", type=float, default=1.0,
+    t.add_argument("--max-loss-weight", type=float,
                    help="weight each sample's loss by 1/SNR(t), clamped to [1, this] (default 1: off)")
-    t.add_argument("--prediction-type", choices=["epsilon", "v_prediction"], default="epsilon",
+    t.add_argument("--prediction-type", choices=["epsilon", "v_prediction"],
                    help="with --video: what the UNet predicts (default epsilon)")
-    t.add_argument("--temporal-loss-weight", type=float, default=0.0,
+    t.add_argument("--temporal-loss-weight", type=float,
                    help="with --video: weight of the frame-to-frame difference of the error (default 0: off)")
     t.add_argument("--balance-motions", action="store_true",
                    help="with --video: draw each motion (and still) equally often, not each clip")
     t.add_argument("--fixed-phase", action="store_true", help="with --video: every training clip starts at phase 0")
-    t.add_argument("--ema-decay", type=float, default=0.0, help="with --video: EMA decay of the saved weights (default 0.999)")
-    t.add_argument("--snr-shift", type=float, default=1.0,
+    t.add_argument("--ema-decay", type=float, help="EMA decay of the saved weights (default 0.999)")
+    t.add_argument("--snr-shift", type=float,
                    help="with --video: divide the noise schedule's SNR by this squared (default 1: the plain cosine)")
     t.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
                    help="with --video: the clips' camera azimuth range, degrees (default -15 15: in front)")
-    t.add_argument("--clips", type=int, default=0,
+    t.add_argument("--clips", type=int,
                    help="with --video: training clips rendered per shape and motion (default 60)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
     t.set_defaults(func=cmd_train_prior)

@@ -136,7 +136,8 @@ def motion_track(rep, times: Tensor) -> dict[str, np.ndarray]:
 def motion_curve(track: dict, motion: str) -> np.ndarray:
     """The 1D curve of a track that a motion drives: vertical offset (bouncing), rotation angle
     (spinning), scale (pulsing), or for sliding the horizontal offset along its main direction
-    (the video prior has no camera input, so a slide may take any horizontal direction)."""
+    (the world slides along y, left-right from the front cameras; a video model filming from
+    elsewhere, or unsure of the camera, may slide the object along another horizontal direction)."""
     if motion == "bouncing":
         return track["offset"][:, 2]
     if motion == "spinning":
@@ -151,13 +152,14 @@ def motion_correlation(track: dict, motion: str, shape: str, times: Tensor,
                        shifts: int = 64) -> tuple[float, float, float]:
     """(best Pearson correlation, its phase, amplitude ratio): the recovered motion curve against
     the true one (``world.motion_pose``) at times + phase, over ``shifts`` phases in [0, 1) (clips
-    of the video prior start at any phase; a slide's sign is a phase of 1/2). The amplitude ratio
+    of the video prior start at any phase; a slide's sign is a phase of 1/2; a steady spin's phase
+    only offsets its angle, which the correlation ignores). The amplitude ratio
     std(recovered) / std(true) tells a real motion from a faint wobble of the right shape."""
     curve = motion_curve(track, motion)
     channel = {"bouncing": 2, "sliding": 1, "spinning": 3, "pulsing": 4}[motion]
     best = (-1.0, 0.0, 0.0)
     for phase in np.arange(shifts) / shifts:
-        truth = world.motion_pose(motion, shape, (times + float(phase)) % 1.0)[:, channel].numpy()
+        truth = world.motion_pose(motion, shape, times + float(phase))[:, channel].numpy()
         if curve.std() < 1e-8 or truth.std() < 1e-8:
             continue
         r = float(np.corrcoef(curve, truth)[0, 1])

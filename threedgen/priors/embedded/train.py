@@ -49,6 +49,17 @@ class TrainConfig:
     seed: int = 0
     save_every: int = 1000
 
+    def rules(self) -> dict[str, bool]:
+        """Each rule of a valid config and whether it holds (subclasses add theirs)."""
+        return {"steps >= 1": self.steps >= 1, "lr > 0": self.lr > 0, "warmup >= 0": self.warmup >= 0,
+                "0 <= ema_decay < 1": 0 <= self.ema_decay < 1,
+                "azimuth low <= high": self.azimuth[0] <= self.azimuth[1]}
+
+    def __post_init__(self):
+        failed = [rule for rule, ok in self.rules().items() if not ok]
+        if failed:
+            raise ValueError(f"training needs {', '.join(failed)}")
+
 
 @dataclass(frozen=True)
 class PriorTrainConfig(TrainConfig):
@@ -57,9 +68,11 @@ class PriorTrainConfig(TrainConfig):
     init_from: str | None = None  # continue training this image prior's folder (None: from scratch)
     max_loss_weight: float = 1.0  # see diffusion_loss's max_weight (1: off)
 
+    def rules(self) -> dict[str, bool]:
+        return {**super().rules(), "max_loss_weight >= 1": self.max_loss_weight >= 1}
+
     def __post_init__(self):
-        if self.max_loss_weight < 1:
-            raise ValueError(f"max_loss_weight must be >= 1, not {self.max_loss_weight}")
+        super().__post_init__()
         if self.init_from is None:
             return
         meta_path = Path(self.init_from) / "world.json"
@@ -269,20 +282,15 @@ class VideoTrainConfig(TrainConfig):
     # at the base rate it had moved little after 500 steps (camera gain on the x0 error 1-3%)
     camera_lr_scale: float = 1.0
 
-    def __post_init__(self):
-        if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be epsilon or v_prediction, not {self.prediction_type!r}")
-        checks = {"timestep_shift > 0": self.timestep_shift > 0, "max_loss_weight >= 1": self.max_loss_weight >= 1,
-                  "temporal_loss_weight >= 0": self.temporal_loss_weight >= 0,
-                  "temporal_lr_scale > 0": self.temporal_lr_scale > 0,
-                  "camera_lr_scale > 0": self.camera_lr_scale > 0, "snr_shift >= 1": self.snr_shift >= 1,
-                  "clips_per_combination >= 1": self.clips_per_combination >= 1,
-                  "0 <= ema_decay < 1": 0 <= self.ema_decay < 1, "steps >= 1": self.steps >= 1,
-                  "lr > 0": self.lr > 0, "0 <= camera_dropout <= 1": 0 <= self.camera_dropout <= 1,
-                  "azimuth low <= high": self.azimuth[0] <= self.azimuth[1]}
-        failed = [rule for rule, ok in checks.items() if not ok]
-        if failed:
-            raise ValueError(f"video training needs {', '.join(failed)}")
+    def rules(self) -> dict[str, bool]:
+        return {**super().rules(), "prediction_type epsilon or v_prediction":
+                self.prediction_type in ("epsilon", "v_prediction"),
+                "timestep_shift > 0": self.timestep_shift > 0, "max_loss_weight >= 1": self.max_loss_weight >= 1,
+                "temporal_loss_weight >= 0": self.temporal_loss_weight >= 0,
+                "temporal_lr_scale > 0": self.temporal_lr_scale > 0,
+                "camera_lr_scale > 0": self.camera_lr_scale > 0, "snr_shift >= 1": self.snr_shift >= 1,
+                "clips_per_combination >= 1": self.clips_per_combination >= 1,
+                "0 <= camera_dropout <= 1": 0 <= self.camera_dropout <= 1}
 
 
 def video_vocabulary() -> list[str]:
@@ -304,12 +312,13 @@ def video_prompt(colour: str, shape: str, motion: str | None, rng: random.Random
 
 
 def clip_times(n: int, frames: int, g: torch.Generator, random_phase: bool = True) -> torch.Tensor:
-    """[n, frames] times of n clips: consecutive frames 1/frames apart from a random phase, or
-    from phase 0. With phase 0 a motion is the same function of the frame index in every clip,
-    so a prior can draw it from the prompt alone at high noise instead of averaging over phases
-    (a smeared object)."""
+    """[n, frames] times of n clips: consecutive frames 1/frames apart from a random phase in
+    [0, 1), or from phase 0. With phase 0 a motion is the same function of the frame index in
+    every clip, so a prior can draw it from the prompt alone at high noise instead of averaging
+    over phases (a smeared object). Times run past 1, not wrapped: the motions are periodic in t
+    except the spin, which turns on steadily."""
     phase = torch.rand(n, 1, generator=g) if random_phase else torch.zeros(n, 1)
-    return (phase + torch.arange(frames) / frames) % 1.0
+    return phase + torch.arange(frames) / frames
 
 
 def render_clips(combos: list[tuple[str, str | None]], cameras, times: torch.Tensor):

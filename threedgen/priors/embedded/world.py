@@ -156,7 +156,11 @@ def colourize(luminance: Tensor, alpha: Tensor, colour: Tensor) -> Tensor:
 # A motion maps time t in [0, 1) (one period; clips may start at any phase) to a pose: an offset
 # [3], a rotation about the vertical axis (degrees) and a uniform scale, applied to the object.
 MOTIONS = ("bouncing", "spinning", "sliding", "pulsing")
-SPIN_DEGREES = {"cube": 90.0, "mug": 360.0}  # per period; the others look the same when spinning
+# A spin turns less than half the shape's symmetry (cube 90, mug 360 degrees) a period: then every
+# frame of a clip looks nearer the forward turn than the backward one, and video SDS, which follows
+# local pulls, turns a 4D object forwards (a full symmetry turn pulled the late frames back). The
+# other shapes look the same when spinning.
+SPIN_DEGREES = {"cube": 40.0, "mug": 160.0}
 SYNONYMS = {"ball": "sphere"}  # words of the video prompts that name a shape
 BOUNCE, SLIDE, PULSE = 0.5, 0.3, 0.2  # bounce height, slide amplitude (along y), pulse amplitude
 
@@ -165,7 +169,7 @@ def motion_pose(motion: str | None, shape: str, t: Tensor) -> Tensor:
     """t [N] -> poses [N, 5] = (dx, dy, dz, angle about z in degrees, scale); motion None: still.
 
     bouncing: dz = BOUNCE |sin(pi t)| - BOUNCE / 2 (one bounce a period, floor contact at t = 0);
-    spinning: angle = SPIN_DEGREES[shape] t; sliding: dy = SLIDE sin(2 pi t);
+    spinning: angle = SPIN_DEGREES[shape] t (a steady turn, not periodic); sliding: dy = SLIDE sin(2 pi t);
     pulsing: scale = 1 + PULSE sin(2 pi t)."""
     if motion is not None and motion not in MOTIONS:
         raise ValueError(f"unknown motion {motion!r}; known: {', '.join(MOTIONS)}")
