@@ -173,10 +173,11 @@ def test_check_prior_scores_a_perfect_sampler_fully_on_the_decidable_tests(tmp_p
 
 def test_image_prior_training_continues_from_a_prior_folder(tmp_path):
     """train_diffusion with init_from starts from that folder's weights: one step at learning
-    rate 0 saves them unchanged (from scratch it would save a fresh random UNet)."""
+    rate 0 (the warmup's first step) saves them unchanged (from scratch it would save a fresh
+    random UNet)."""
     from threedgen.priors.embedded.train import PriorTrainConfig, train_diffusion
 
-    cfg = PriorTrainConfig(steps=1, lr=0.0, warmup=0, batch_size=2, renders_per_shape=2,
+    cfg = PriorTrainConfig(steps=1, warmup=10, batch_size=2, renders_per_shape=2,
                            init_from=str(EMBEDDED_PATH), max_loss_weight=5.0)
     train_diffusion(tmp_path / "ft", cfg)
     before = UNet2DConditionModel.from_pretrained(EMBEDDED_PATH / "unet").state_dict()
