@@ -153,8 +153,9 @@ def colourize(luminance: Tensor, alpha: Tensor, colour: Tensor) -> Tensor:
 
 
 # --- motions (the moving world of the video prior) ----------------------------------------------
-# A motion maps time t in [0, 1) (one period; clips may start at any phase) to a pose: an offset
-# [3], a rotation about the vertical axis (degrees) and a uniform scale, applied to the object.
+# A motion maps time t (one period from 0 to 1; clips may start at any phase and run past 1) to a
+# pose: an offset [3], a rotation about the vertical axis (degrees) and a uniform scale, applied to
+# the object.
 MOTIONS = ("bouncing", "spinning", "sliding", "pulsing")
 # A spin turns less than half the shape's symmetry (cube 90, mug 360 degrees) a period: then every
 # frame of a clip looks nearer the forward turn than the backward one, and video SDS, which follows
