@@ -3,11 +3,11 @@
 Stage 1 (steps < ``system.video.start``): the canonical object alone, exactly as a text-to-3D
 run, with the image prior and the prompt in its words. Stage 2: each step draws, with
 probability ``image_probability``, an image step (the usual views, all at one random time), else
-a video step: one random camera (azimuth in ``camera_azimuth``), T = ``frames`` consecutive
-times 1/T apart from a random start in [0, 1/T), the clip [1, 3, T, H, W] scored by the video
-guidance with one diffusion timestep (Dream-in-4D / 4D-fy) and, for a camera-conditioned video
-prior, the clip's camera. The representation's regularisers (temporal smoothness, deformation
-size) join every step.
+a video step: one random camera (azimuth in ``camera_azimuth``, by default the range the video
+prior's clips were filmed from), T = ``frames`` consecutive times 1/T apart from a random start
+in [0, 1/T), the clip [1, 3, T, H, W] scored by the video guidance with one diffusion timestep
+(Dream-in-4D / 4D-fy) and, for a camera-conditioned video prior, the clip's camera. The
+representation's regularisers (temporal smoothness, deformation size) join every step.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from threedgen.export.views import write_png, write_video
 from threedgen.guidance import GUIDANCE
 from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
 from threedgen.priors.embedded import world
+from threedgen.priors.embedded.check import training_azimuth
 from threedgen.priors.embedded.classifier import WorldClassifier
 from threedgen.prompts import PromptProcessor
 
@@ -56,7 +57,8 @@ class TextTo4D(TextTo3D):
         negative = self.image_prompt() if v.motion_only_guidance else cfg.negative_prompt
         self.video_prompts = PromptProcessor(self.video_prior, cfg.prompt, negative, PromptConfig(view_dependent=False))
         c = cfg.system.camera
-        self.clip_ranges = CameraRanges(v.camera_elevation, c.distance, c.fov_y, v.camera_azimuth)
+        azimuth = v.camera_azimuth or training_azimuth(self.video_prior)  # None: as the prior's clips
+        self.clip_ranges = CameraRanges(v.camera_elevation, c.distance, c.fov_y, azimuth)
 
     def image_prompt(self) -> str:
         v = self.cfg.system.video

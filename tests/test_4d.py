@@ -446,6 +446,7 @@ def test_video_prior_reads_the_camera_and_the_4d_clip_passes_its_own(tmp_path, u
     from threedgen.config import load
     from threedgen.priors.diffusion import DiffusionPrior
     from threedgen.priors.embedded import model as M
+    from threedgen.priors.embedded.check import training_azimuth
 
     prior = DiffusionPrior.from_pretrained(untrained_video_prior)
     assert prior.has_camera and prior.camera_dim == M.CAMERA_DIM
@@ -478,7 +479,8 @@ def test_video_prior_reads_the_camera_and_the_4d_clip_passes_its_own(tmp_path, u
         system.distill(5, torch.Generator().manual_seed(0))
         clip_camera = M.camera_embedding(seen["cams"][:1])  # one camera over the clip
         assert seen["cams"].azimuth.unique().numel() == 1 and clip_camera[0, -1] == 1
-        assert -15 <= float(seen["cams"].azimuth[0]) <= 15  # in front, as the prior's clips are filmed
+        lo, hi = training_azimuth(system.video_prior)  # as the prior's clips were filmed
+        assert lo <= float(seen["cams"].azimuth[0]) <= hi
         expected = torch.cat([clip_camera, clip_camera if motion_only else torch.zeros_like(clip_camera)])
         torch.testing.assert_close(seen["camera"], expected)
 
@@ -738,23 +740,33 @@ def test_balanced_motions_draw_each_motion_equally_often():
     assert motion.count(None) / len(motion) == pytest.approx(6 / 26)
 
 
-def test_video_steps_film_the_clip_from_the_configured_azimuths(tmp_path, untrained_video_prior, monkeypatch):
+def test_video_steps_film_the_clip_from_the_priors_azimuths_or_the_configured_ones(
+        tmp_path, untrained_video_prior, monkeypatch):
+    """By default the clip camera's azimuths are the range the video prior's clips were filmed
+    from (its world.json); system.video.camera_azimuth overrides it."""
+    import shutil
+
     from systems.text_to_4d import TextTo4D
     from threedgen.config import load
 
-    cfg = load([CONFIG], ["prompt=a red mug spinning", "system.video.prior.name=diffusers",
-                          f"system.video.prior.path={untrained_video_prior}", "system.video.start=0",
-                          "system.video.image_probability=0.0", "system.representation.n=300",
-                          "system.video.camera_azimuth=[100,110]"])
-    system = TextTo4D(cfg, tmp_path)
-    azimuths = []
-    render = system.representation.render
-    monkeypatch.setattr(system.representation, "render",
-                        lambda cams, *a, **kw: azimuths.append(float(cams.azimuth[0])) or render(cams, *a, **kw))
-    g = torch.Generator().manual_seed(0)
-    for step in range(4):
-        system.distill(step, g)
-    assert len(set(azimuths)) == 4 and all(100 <= a <= 110 for a in azimuths), azimuths
+    prior = tmp_path / "prior"
+    shutil.copytree(untrained_video_prior, prior)
+    world = json.loads((prior / "world.json").read_text())
+    world["camera"]["azimuth"] = [100.0, 110.0]
+    (prior / "world.json").write_text(json.dumps(world))
+    for overrides, (lo, hi) in (([], (100, 110)), (["system.video.camera_azimuth=[-20,-10]"], (-20, -10))):
+        cfg = load([CONFIG], ["prompt=a red mug spinning", "system.video.prior.name=diffusers",
+                              f"system.video.prior.path={prior}", "system.video.start=0",
+                              "system.video.image_probability=0.0", "system.representation.n=300", *overrides])
+        system = TextTo4D(cfg, tmp_path / str(lo))
+        azimuths = []
+        render = system.representation.render
+        monkeypatch.setattr(system.representation, "render",
+                            lambda cams, *a, **kw: azimuths.append(float(cams.azimuth[0])) or render(cams, *a, **kw))
+        g = torch.Generator().manual_seed(0)
+        for step in range(4):
+            system.distill(step, g)
+        assert len(set(azimuths)) == 4 and all(lo <= a <= hi for a in azimuths), (overrides, azimuths)
 
 
 def test_video_training_films_clips_from_its_azimuth_range_and_records_it(tmp_path, capsys):
@@ -769,6 +781,8 @@ def test_video_training_films_clips_from_its_azimuth_range_and_records_it(tmp_pa
     prior = type("P", (), {"world": {"camera": {"azimuth": [-15.0, 15.0]}}})()
     assert check.training_azimuth(prior) == (-15.0, 15.0)
     prior.world = {"camera": {}}  # a prior trained before the range was recorded: every azimuth
+    assert check.training_azimuth(prior) == (0.0, 360.0)
+    prior.world = None  # a prior without a world.json (a real video model): every azimuth
     assert check.training_azimuth(prior) == (0.0, 360.0)
     out = tmp_path / "run"
     assert main(["train-prior", "--video", "--out", str(out), "--azimuth", "20", "10"]) == 2

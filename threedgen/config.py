@@ -183,10 +183,12 @@ class VideoConfig:
     image_probability: float = 0.25
     resolution: int = 32
     camera_elevation: tuple[float, float] = (0.0, 40.0)  # of the clip's camera
-    # The clip camera's azimuth (0 faces the object's front, the mug's handle): the embedded
-    # video prior's training clips are filmed from in front (-15 to 15), as real videos film
-    # their subjects; over every azimuth a spin is a camera orbit, which a prior cannot learn.
-    camera_azimuth: tuple[float, float] = (-15.0, 15.0)
+    # The clip camera's azimuth range, degrees (0 faces the object's front, the mug's handle).
+    # None: the range the video prior's training clips were filmed from, as its world.json
+    # records it (``check.training_azimuth``; every azimuth for a prior that records none). Videos
+    # film their subjects from a preferred side; over every azimuth a spin is a camera orbit,
+    # which a prior cannot learn.
+    camera_azimuth: tuple[float, float] | None = None
     # Video steps train the deformation only (DreamGaussian4D), so the video prior cannot reshape
     # the object; true: they train the canonical Gaussians too (4D-fy).
     train_canonical: bool = False
@@ -210,8 +212,8 @@ class VideoConfig:
             raise ValueError("start >= 0, frames >= 2 and resolution >= 8 are required")
         if not 0 <= self.image_probability <= 1:
             raise ValueError("image_probability must lie in [0, 1]")
-        if not -180 <= self.camera_azimuth[0] <= self.camera_azimuth[1] <= 180:
-            raise ValueError("camera_azimuth must be [low, high] with -180 <= low <= high <= 180")
+        if self.camera_azimuth is not None and not -180 <= self.camera_azimuth[0] <= self.camera_azimuth[1] <= 180:
+            raise ValueError("camera_azimuth must be [low, high] with -180 <= low <= high <= 180, or null")
 
 
 @dataclass(frozen=True)

@@ -183,9 +183,9 @@ def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase:
 
 
 def training_azimuth(prior: DiffusionPrior) -> tuple[float, float]:
-    """The azimuth range (degrees) of the video prior's training cameras (every azimuth for the
-    priors trained before the range was recorded)."""
-    return tuple(prior.world["camera"].get("azimuth", (0.0, 360.0)))
+    """The azimuth range (degrees) of the video prior's training cameras, from its world.json
+    (every azimuth for a prior without one, or trained before the range was recorded)."""
+    return tuple((prior.world or {}).get("camera", {}).get("azimuth", (0.0, 360.0)))
 
 
 def trained_random_phase(prior: DiffusionPrior) -> bool:
