@@ -158,7 +158,8 @@ def motion_correlation(track: dict, motion: str, shape: str, times: Tensor,
     curve = motion_curve(track, motion)
     channel = {"bouncing": 2, "sliding": 1, "spinning": 3, "pulsing": 4}[motion]
     best = (-1.0, 0.0, 0.0)
-    for phase in np.arange(shifts) / shifts:
+    phases = [0.0] if motion == "spinning" else np.arange(shifts) / shifts  # a spin's phase: an offset
+    for phase in phases:
         truth = world.motion_pose(motion, shape, times + float(phase))[:, channel].numpy()
         if curve.std() < 1e-8 or truth.std() < 1e-8:
             continue

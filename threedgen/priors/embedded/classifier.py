@@ -19,8 +19,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from threedgen.cameras import make_cameras
 from threedgen.priors.embedded import world
+from threedgen.priors.embedded.train import (TrainConfig, clip_times, random_cameras, render_clips,
+                                             video_combinations)
 
 log = logging.getLogger("threedgen.train_prior")
 
@@ -58,11 +59,11 @@ class WorldClassifier(ModelMixin, ConfigMixin):
 
 
 def world_batch(n: int, g: torch.Generator, elevation=(-10.0, 70.0), distance=(2.6, 3.0)):
-    """n random world renders of every shape x colour (held-out ones too) -> (rgb, shape, colour)."""
-    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=g)  # noqa: E731
+    """n random world renders of every shape x colour (held-out ones too), from every azimuth ->
+    (rgb, shape, colour)."""
     shapes = torch.randint(len(world.SHAPES), (n,), generator=g)
     colours = torch.randint(len(world.COLOURS), (n,), generator=g)
-    cams = make_cameras(u(*elevation), u(0.0, 360.0), u(*distance), 30.0, 32)
+    cams = random_cameras(n, TrainConfig(elevation=elevation, azimuth=(0.0, 360.0), distance=distance), g)
     names = list(world.COLOURS)
     r = world.render([world.SHAPES[i] for i in shapes.tolist()], [names[i] for i in colours.tolist()], cams)
     return r, shapes, colours
@@ -168,9 +169,6 @@ def clip_batch(n: int, g: torch.Generator, frames: int = 8, elevation=(-10.0, 60
     (world.WorldRender of n * frames frames, shape ids [n], motion ids [n] (0 = still), the n
     clips' cameras);
     random_phase: see ``train.clip_times``; motion: only clips of this motion ("still" included)."""
-    from threedgen.priors.embedded.train import (TrainConfig, clip_times, random_cameras, render_clips,
-                                                 video_combinations)
-
     combos = [c for c in video_combinations() if motion is None or (c[1] or STILL) == motion]
     if not combos:
         raise ValueError(f"no clips of motion {motion!r}; motions: {STILL}, {', '.join(world.MOTIONS)}")

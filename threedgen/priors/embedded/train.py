@@ -33,7 +33,8 @@ log = logging.getLogger("threedgen.train_prior")
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """What every prior trainer reads: ``optimise``'s schedule and ``random_cameras``' ranges."""
+    """What every prior trainer reads: ``optimise``'s schedule, ``random_cameras``' ranges and
+    ``diffusion_loss``'s weight cap."""
 
     steps: int = 5000
     batch_size: int = 64
@@ -48,11 +49,12 @@ class TrainConfig:
     resolution: int = 32
     seed: int = 0
     save_every: int = 1000
+    max_loss_weight: float = 1.0  # see diffusion_loss's max_weight (1: off)
 
     def rules(self) -> dict[str, bool]:
         """Each rule of a valid config and whether it holds (subclasses add theirs)."""
         return {"steps >= 1": self.steps >= 1, "lr > 0": self.lr > 0, "warmup >= 0": self.warmup >= 0,
-                "0 <= ema_decay < 1": 0 <= self.ema_decay < 1,
+                "0 <= ema_decay < 1": 0 <= self.ema_decay < 1, "max_loss_weight >= 1": self.max_loss_weight >= 1,
                 "azimuth low <= high": self.azimuth[0] <= self.azimuth[1]}
 
     def __post_init__(self):
@@ -66,10 +68,6 @@ class PriorTrainConfig(TrainConfig):
     camera_dropout: float = 0.1
     renders_per_shape: int = 2000
     init_from: str | None = None  # continue training this image prior's folder (None: from scratch)
-    max_loss_weight: float = 1.0  # see diffusion_loss's max_weight (1: off)
-
-    def rules(self) -> dict[str, bool]:
-        return {**super().rules(), "max_loss_weight >= 1": self.max_loss_weight >= 1}
 
     def __post_init__(self):
         super().__post_init__()
@@ -270,7 +268,6 @@ class VideoTrainConfig(TrainConfig):
     frames: int = M.VIDEO_FRAMES
     init_from: str = str(Path(__file__).parent / "weights")
     timestep_shift: float = 1.0  # see diffusion_loss
-    max_loss_weight: float = 1.0  # see diffusion_loss
     random_phase: bool = True  # False: every clip starts at phase 0 (see clip_times)
     prediction_type: str = "epsilon"  # or "v_prediction" (see diffusion_loss)
     temporal_loss_weight: float = 0.0  # see diffusion_loss
@@ -285,7 +282,7 @@ class VideoTrainConfig(TrainConfig):
     def rules(self) -> dict[str, bool]:
         return {**super().rules(), "prediction_type epsilon or v_prediction":
                 self.prediction_type in ("epsilon", "v_prediction"),
-                "timestep_shift > 0": self.timestep_shift > 0, "max_loss_weight >= 1": self.max_loss_weight >= 1,
+                "timestep_shift > 0": self.timestep_shift > 0,
                 "temporal_loss_weight >= 0": self.temporal_loss_weight >= 0,
                 "temporal_lr_scale > 0": self.temporal_lr_scale > 0,
                 "camera_lr_scale > 0": self.camera_lr_scale > 0, "snr_shift >= 1": self.snr_shift >= 1,
