@@ -5,9 +5,8 @@ acceptance).
 Full sweep:  python -m pytest -m slow -s tests/test_4d_sweep.py
 The recipe moves the whole object by a root motion, takes the video CFG against the still prompt
 and shows image steps the object in its own frame (docs/video-prior.md has the runs): bouncing,
-sliding, pulsing, the spinning cube and the still cone pass. The spinning mug does not turn: from
-the front cameras its handle points at the camera, where a small turn barely changes the image
-(docs/video-prior.md, "Spins under half the symmetry"); it is an expected failure. The bouncing case is marked `ci`.
+sliding, pulsing, the spinning cube and mug, and the still cone pass. The bouncing case is marked
+`ci`.
 """
 
 import json
@@ -20,10 +19,7 @@ from threedgen.cli import main
 PROMPTS = ["a red ball bouncing", "a blue cube spinning", "a green cylinder sliding", "an orange cone pulsing",
            "a yellow cone", "a red mug spinning"]
 CI = {"a red ball bouncing"}
-KNOWN_FAILURES = {"a red mug spinning": "the mug does not turn: seen from the front, a small turn of it barely "
-                                          "changes the image (docs/video-prior.md)"}
-CASES = [pytest.param(p, marks=[pytest.mark.slow] + ([pytest.mark.ci] if p in CI else [])
-                      + ([pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[p])] if p in KNOWN_FAILURES else []),
+CASES = [pytest.param(p, marks=[pytest.mark.slow] + ([pytest.mark.ci] if p in CI else []),
                       id="-".join(p.split()[-2:])) for p in PROMPTS]
 
 

@@ -262,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--snr-shift", type=float,
                    help="with --video: divide the noise schedule's SNR by this squared (default 1: the plain cosine)")
     t.add_argument("--azimuth", type=float, nargs=2, metavar=("LO", "HI"),
-                   help="with --video: the clips' camera azimuth range, degrees (default -15 15: in front)")
+                   help="with --video: the clips' camera azimuth range, degrees (default 30 60: the mug's handle in profile)")
     t.add_argument("--clips", type=int,
                    help="with --video: training clips rendered per shape and motion (default 60)")
     t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")

@@ -136,8 +136,9 @@ def motion_track(rep, times: Tensor) -> dict[str, np.ndarray]:
 def motion_curve(track: dict, motion: str) -> np.ndarray:
     """The 1D curve of a track that a motion drives: vertical offset (bouncing), rotation angle
     (spinning), scale (pulsing), or for sliding the horizontal offset along its main direction
-    (the world slides along y, left-right from the front cameras; a video model filming from
-    elsewhere, or unsure of the camera, may slide the object along another horizontal direction)."""
+    (the world slides along y, across the screen of the video prior's cameras; a video model
+    filming from elsewhere, or unsure of the camera, may slide the object along another horizontal
+    direction)."""
     if motion == "bouncing":
         return track["offset"][:, 2]
     if motion == "spinning":

@@ -157,11 +157,13 @@ def colourize(luminance: Tensor, alpha: Tensor, colour: Tensor) -> Tensor:
 # pose: an offset [3], a rotation about the vertical axis (degrees) and a uniform scale, applied to
 # the object.
 MOTIONS = ("bouncing", "spinning", "sliding", "pulsing")
-# A spin turns less than half the shape's symmetry (cube 90, mug 360 degrees) a period: then every
-# frame of a clip looks nearer the forward turn than the backward one, and video SDS, which follows
-# local pulls, turns a 4D object forwards (a full symmetry turn pulled the late frames back). The
-# other shapes look the same when spinning.
-SPIN_DEGREES = {"cube": 40.0, "mug": 160.0}
+# A spin turns 40 degrees a period (5 a frame of an 8-frame clip), well under half the shape's
+# symmetry (cube 90, mug 360 degrees): every frame of a clip is then a small turn of the still
+# object, nearer the forward turn than the backward one, and video SDS, which follows local pulls
+# from the still pose, turns a 4D object forwards all along the clip (a full symmetry turn pulled
+# the late frames back; the mug's 160 degrees a period turned only its first frames). The other
+# shapes look the same when spinning.
+SPIN_DEGREES = {"cube": 40.0, "mug": 40.0}
 SYNONYMS = {"ball": "sphere"}  # words of the video prompts that name a shape
 BOUNCE, SLIDE, PULSE = 0.5, 0.3, 0.2  # bounce height, slide amplitude (along y), pulse amplitude
 
