@@ -15,6 +15,7 @@ import argparse
 import resource
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from diffusers import UNet2DConditionModel
@@ -31,6 +32,73 @@ SDXL = dict(sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
 MODELS = {"sd21": SD21, "sdxl": SDXL}
+# The other parts of the published checkpoints (their config.json files), for random-weight copies.
+VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32,
+           block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+           up_block_types=("UpDecoderBlock2D",) * 4)
+TEXT_ENCODERS = {  # transformers CLIPTextConfig fields
+    "openclip-h": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                       hidden_act="gelu", projection_dim=512),  # SD 2.x
+    "clip-l": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   hidden_act="quick_gelu", projection_dim=768),  # SD 1.x, SDXL's first
+    "openclip-bigg": dict(hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                          hidden_act="gelu", projection_dim=1280),  # SDXL's second (pooled)
+}
+# damo-vilab/text-to-video-ms-1.7b (ModelScope) unet/config.json: SD 2.1's VAE and text encoder.
+MODELSCOPE = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32,
+                  block_out_channels=(320, 640, 1280, 1280), attention_head_dim=64, cross_attention_dim=1024,
+                  down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+                  up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3)
+# family -> (UNet config, VAE sample size, VAE scaling factor, text encoders); the first is a
+# CLIPTextModel, a second one has a projection (its pooled output is SDXL's text_embeds).
+FAMILIES = {"sd21": (SD21, 512, 0.18215, ["openclip-h"]),
+            "sdxl": (SDXL, 1024, 0.13025, ["clip-l", "openclip-bigg"]),
+            "modelscope": (MODELSCOPE, 256, 0.18215, ["openclip-h"])}
+PROMPT_WORDS = "a an the red green blue orange yellow purple cube cone cylinder sphere torus mug corgi " \
+               "wearing crown front side back overhead view bouncing ball spinning".split()
+
+
+def random_parts(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
+    """The components of a published checkpoint (``FAMILIES``) with random weights, built from
+    its configs: unet, vae, text_encoders, tokenizers, scheduler (no download). The tokenizer is
+    a word-level one over PROMPT_WORDS, padded to CLIP's 77 tokens: the real BPE vocabulary is
+    not needed to exercise the shapes."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from threedgen.priors.embedded.model import SPECIAL_TOKENS, build_tokenizer
+
+    unet_config, vae_size, scaling, encoders = FAMILIES[family]
+    torch.manual_seed(seed)
+    unet_cls = UNet3DConditionModel if family == "modelscope" else UNet2DConditionModel
+    unet = unet_cls(**unet_config).to(dtype)
+    vae = AutoencoderKL(**VAE, sample_size=vae_size, scaling_factor=scaling).to(dtype)
+    text_encoders, tokenizers = [], []
+    for k, name in enumerate(encoders):
+        config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, pad_token_id=0, bos_token_id=1,
+                                eos_token_id=2, **TEXT_ENCODERS[name])
+        text_encoders.append((CLIPTextModelWithProjection if k else CLIPTextModel)(config))
+        tok = build_tokenizer(PROMPT_WORDS)
+        tok.model_max_length = 77
+        tokenizers.append(tok)
+    assert len(SPECIAL_TOKENS) + len(PROMPT_WORDS) < 49408
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              num_train_timesteps=1000, prediction_type="epsilon")
+    return dict(unet=unet, vae=vae, text_encoders=text_encoders, tokenizers=tokenizers, scheduler=scheduler)
+
+
+def save_random_checkpoint(family: str, folder: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """``random_parts`` written in diffusers' folder layout (safetensors), loadable by
+    ``system.prior.path=folder``."""
+    parts = random_parts(family, dtype)
+    parts["unet"].save_pretrained(folder / "unet")
+    parts["vae"].save_pretrained(folder / "vae")
+    parts["scheduler"].save_pretrained(folder / "scheduler")
+    for k, (te, tok) in enumerate(zip(parts["text_encoders"], parts["tokenizers"])):
+        suffix = f"_{k + 1}" if k else ""
+        te.save_pretrained(folder / f"text_encoder{suffix}")
+        tok.save_pretrained(folder / f"tokenizer{suffix}")
+    return folder
 
 
 def inputs(config: dict, batch: int, device, dtype) -> tuple[tuple, dict]:

@@ -93,36 +93,43 @@ class TextTo3D(pl.LightningModule):
         (RenderOutput, GuidanceOutput)."""
         cfg = self.cfg
         c = cfg.system.camera
-        cams = sample_cameras(c.batch_size, self.ranges, c.resolution, g, c.views_per_group)
+        cams = sample_cameras(c.batch_size, self.ranges, c.resolution, g, c.views_per_group).to(self.device)
         if time is not None:
-            cams = replace(cams, time=torch.full((len(cams),), time))
+            cams = replace(cams, time=torch.full((len(cams),), time, device=cams.device))
         out = self.representation.render(cams, self.background, generator=g, **render_kwargs)
         rgb = clip_pixel_grad(out.rgb, value_at(cfg.system.pixel_grad_clip, step))
         return out, self.guidance(rgb, self.prompts.conditioning(cams, step), step, generator=g)
 
     def training_step(self, batch, batch_idx):
         step = int(self.step_count)
-        cfg = self.cfg
-        g = torch.Generator().manual_seed(cfg.trainer.seed * 1_000_003 + step)
-        opts, guide_opts = self._optimizers()
+        loss, logs = self.optimise(*self._optimizers(), backward=self.manual_backward)
+        self.log_dict(logs, prog_bar=False)
+        self.log("loss", loss, prog_bar=True)
+        if self.cfg.trainer.val_every and (step + 1) % self.cfg.trainer.val_every == 0:
+            self.save_views(self.run_dir / "val" / f"step{step + 1:05d}.png")
+
+    def optimise(self, opts: dict, guide_opts: dict, backward=torch.Tensor.backward) -> tuple[torch.Tensor, dict]:
+        """One training step, without Lightning: render, guide, regularise, step every optimizer
+        (``opts``: the representation's, ``guide_opts``: the guidance's, by name) ->
+        (detached loss, logs). Random draws come from a CPU generator seeded by (seed, step) and
+        are moved to the data's device, so a seed gives the same run on every device."""
+        step = int(self.step_count)
+        g = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
         self.representation.pre_backward(step, opts)
         out, guided = self.distill(step, g)
         regs = self.representation.regularisers(out, step)
         loss = guided.loss + sum(regs.values())
         for o in (*opts.values(), *guide_opts.values()):
             o.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
+        backward(loss)
         for o in (*opts.values(), *guide_opts.values()):
             o.step()
         self.representation.post_step(step, out, opts)
         self.step_count += 1
         self._evals, self._steps = self._evals + guided.prior_evals, self._steps + 1
-        self.log_dict({"grad": guided.grad_norm,
-                       "t": guided.timesteps.float().mean() / self.prior.num_train_timesteps,
-                       **guided.logs, **{f"reg/{k}": v.detach() for k, v in regs.items()}}, prog_bar=False)
-        self.log("loss", guided.loss.detach(), prog_bar=True)
-        if cfg.trainer.val_every and (step + 1) % cfg.trainer.val_every == 0:
-            self.save_views(self.run_dir / "val" / f"step{step + 1:05d}.png")
+        logs = {"grad": guided.grad_norm, "t": guided.timesteps.float().mean() / self.prior.num_train_timesteps,
+                **guided.logs, **{f"reg/{k}": v.detach() for k, v in regs.items()}}
+        return guided.loss.detach(), logs
 
     # --- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint):
@@ -137,9 +144,9 @@ class TextTo3D(pl.LightningModule):
 
     # --- outputs ----------------------------------------------------------------------------------
     def orbit_cameras(self, n: int, size: int):
-        """n evaluation views around the object."""
+        """n evaluation views around the object, on the system's device."""
         c = self.cfg.system.camera
-        return orbit(n, c.eval_elevation, c.eval_distance, c.eval_fov_y, size)
+        return orbit(n, c.eval_elevation, c.eval_distance, c.eval_fov_y, size).to(self.device)
 
     @torch.no_grad()
     def render_frames(self, cameras) -> np.ndarray:

@@ -71,9 +71,9 @@ class TextTo4D(TextTo3D):
             return super().distill(step, g)  # stage 1: the canonical object
         if float(torch.rand((), generator=g)) < v.image_probability:
             return super().distill(step, g, time=float(torch.rand((), generator=g)), root_motion=v.image_root_motion)
-        cam = sample_cameras(1, self.clip_ranges, v.resolution, g)
-        times = (float(torch.rand((), generator=g)) + torch.arange(v.frames)) / v.frames
-        clip_cams = replace(cam[torch.zeros(v.frames, dtype=torch.long)], time=times)
+        cam = sample_cameras(1, self.clip_ranges, v.resolution, g).to(self.device)
+        times = (float(torch.rand((), generator=g)) + torch.arange(v.frames, device=self.device)) / v.frames
+        clip_cams = replace(cam[torch.zeros(v.frames, dtype=torch.long, device=self.device)], time=times)
         out = self.representation.render(clip_cams, self.background, generator=g, canonical_grad=v.train_canonical)
         clip = out.rgb.transpose(0, 1)[None]  # [1, 3, T, H, W]
         cond = self.video_prompts.conditioning(cam, step)  # the clip's camera, if the prior takes one
@@ -84,13 +84,13 @@ class TextTo4D(TextTo3D):
     # --- outputs ----------------------------------------------------------------------------------
     def orbit_cameras(self, n: int, size: int):
         """The evaluation orbit with times k / n: the motion plays once while the camera turns."""
-        return replace(super().orbit_cameras(n, size), time=torch.arange(n, dtype=torch.float32) / n)
+        return replace(super().orbit_cameras(n, size), time=torch.arange(n, dtype=torch.float32, device=self.device) / n)
 
     def save_views(self, path: Path) -> None:
         """Four views at t = 0 over four views at t = 1/2."""
         path.parent.mkdir(parents=True, exist_ok=True)
         cams = super().orbit_cameras(4, self.cfg.test.resolution)
-        rows = [np.concatenate(list(self.render_frames(replace(cams, time=torch.full((4,), t)))), axis=1)
+        rows = [np.concatenate(list(self.render_frames(replace(cams, time=torch.full((4,), t, device=cams.device)))), axis=1)
                 for t in (0.0, 0.5)]
         write_png(path, np.concatenate(rows, axis=0))
 
@@ -99,7 +99,7 @@ class TextTo4D(TextTo3D):
         super().write_test_videos(test_dir)
         t, c = self.cfg.test, self.cfg.system.camera
         times = torch.arange(t.n_frames, dtype=torch.float32) / t.n_frames
-        fixed = make_cameras(c.eval_elevation, 45.0, c.eval_distance, c.eval_fov_y, t.resolution, time=times)
+        fixed = make_cameras(c.eval_elevation, 45.0, c.eval_distance, c.eval_fov_y, t.resolution, time=times).to(self.device)
         write_video(test_dir / "fixed.mp4", self.render_frames(fixed), fps=t.fps)
 
     @torch.no_grad()

@@ -25,10 +25,12 @@ def test_recipes_exist():
     assert {"dreamfusion-sd", "prolificdreamer", "luciddreamer", "dreamer-xl", "mvdream-sds"} <= names
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
-def test_recipe_runs_two_steps(tmp_path, recipe):
-    overrides = ["prompt=a red cube", "trainer.max_steps=2"]
-    prior = C.load([recipe], ["prompt=a red cube"]).system.prior
+def stand_in_overrides(recipe, tmp_path) -> list[str]:
+    """Overrides that run ``recipe`` on CPU: real checkpoints replaced by tiny stand-ins of the
+    same family (float32, their own resolution), 4D recipes on an untrained video prior."""
+    overrides = []
+    cfg = C.load([recipe], ["prompt=a red cube"])
+    prior = cfg.system.prior
     if prior.name != "embedded":
         assert prior.path in STAND_INS, f"{recipe.name}: add a tiny stand-in for {prior.path}"
         stand_in = STAND_INS[prior.path](tmp_path / "prior")
@@ -37,9 +39,14 @@ def test_recipe_runs_two_steps(tmp_path, recipe):
             overrides.append(f"system.prior.base={base}")
         overrides += [f"system.prior.path={stand_in}", "system.prior.dtype=float32", "system.prior.resolution=null",
                       "system.camera.resolution=32"]
-    video = C.load([recipe], ["prompt=a red cube"]).system.video
-    if video is not None:  # 4D: the embedded video prior's layout and vocabulary, untrained weights
+    if cfg.system.video is not None:  # 4D: the embedded video prior's layout and vocabulary, untrained weights
         overrides += ["system.video.prior.name=diffusers", f"system.video.prior.path={untrained_video_prior(tmp_path / 'video')}"]
+    return overrides
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_runs_two_steps(tmp_path, recipe):
+    overrides = ["prompt=a red cube", "trainer.max_steps=2", *stand_in_overrides(recipe, tmp_path)]
     run = fit(tmp_path, *overrides, config=str(recipe))
     assert run.parent.name == recipe.stem
     assert json.loads((run / "metrics.json").read_text())["steps"] == 2

@@ -51,7 +51,7 @@ def count_handles(render_fn: RenderFn, size: int = 64, distance: float = 2.8,
     reaching to 0.76).
     """
     cams = make_cameras(89.9, 0.0, distance, 30.0, size)
-    alpha = render_fn(cams).alpha[0, 0].detach()
+    alpha = render_fn(cams).alpha[0, 0].detach().cpu()
     origins, dirs = cams.rays()
     s = (0.45 - origins[0, ..., 2]) / dirs[0, ..., 2]
     xy = origins[0, ..., :2] + s[..., None] * dirs[0, ..., :2]
@@ -71,7 +71,7 @@ def evaluate(render_fn: RenderFn, prompt: str, classifier, n_views: int = 4, siz
     shape, colour = parse_prompt(prompt)
     cams = orbit(n_views, elevation, distance, fov_y, size, start_azimuth=45.0)
     out = render_fn(cams)
-    rgb, alpha = out.rgb.detach().clamp(0, 1), out.alpha.detach()
+    rgb, alpha = out.rgb.detach().clamp(0, 1).cpu(), out.alpha.detach().cpu()  # metrics on the CPU
     shapes, colours = classifier.predict(rgb)
     result: dict = {"prompt": prompt, "views": n_views,
                     "shape_votes": dict(Counter(shapes)), "colour_votes": dict(Counter(colours)),
@@ -115,8 +115,8 @@ def motion_track(rep, times: Tensor) -> dict[str, np.ndarray]:
     the vertical axis in degrees (2D Procrustes of the centred xy positions, unwrapped), "scale" [K]
     RMS radius ratio."""
     def stats(g):
-        w = g.opacities.detach()[:, None]
-        x = g.means.detach()
+        w = g.opacities.detach().cpu()[:, None]
+        x = g.means.detach().cpu()
         c = (w * x).sum(0) / w.sum()
         return x - c, w, c
 

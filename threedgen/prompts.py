@@ -85,8 +85,19 @@ class PromptProcessor:
         self.negative = emb[2:3] if negative_prompt else None
         self.views = emb[-len(VIEWS):] if self.view_dependent else None  # [4, L, D]
 
+    def _follow_prior(self) -> None:
+        """The embeddings were encoded on the device the prior had when the run was built;
+        move them once the prior has moved (Lightning moves it to the GPU after __init__)."""
+        device = self.prior.alphas_cumprod.device
+        if self.text.device != device:
+            move = lambda e: None if e is None else e.to(device)  # noqa: E731
+            self.text, self.null_text = move(self.text), move(self.null_text)
+            self.negative, self.views = move(self.negative), move(self.views)
+
     def conditioning(self, cameras: Cameras | None, step: int = 0, batch: int | None = None) -> Conditioning:
-        """Conditions for B = len(cameras) views (or ``batch`` views with the null camera)."""
+        """Conditions for B = len(cameras) views (or ``batch`` views with the null camera), on
+        the prior's device."""
+        self._follow_prior()
         B = len(cameras) if cameras is not None else batch
         prior = self.prior
         expand = lambda e: e.expand(B, -1, -1)  # noqa: E731

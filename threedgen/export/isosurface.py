@@ -86,7 +86,7 @@ def extract_isosurface(representation, resolution: int = 64, min_piece: float = 
     aabb = float(representation.aabb)
     grid = representation.density_grid(resolution).float().cpu()
     cams = silhouette_cameras()
-    masks = representation.render(cams, torch.ones(3)).alpha[:, 0] > 0.5  # alpha: any background
+    masks = representation.render(cams, torch.ones(3)).cpu().alpha[:, 0] > 0.5  # alpha: any background
     if not masks.any() and level is None:
         raise ValueError("no surface: the representation renders empty (alpha < 0.5) from every view")
     level, score = choose_level(grid, aabb, cams, masks, level=level)

@@ -114,9 +114,12 @@ def vertex_normals(verts: Tensor, faces: Tensor) -> Tensor:
 
 # ---------------------------------------------------------------------- appearance
 def query_colours(rep, points: Tensor, normals: Tensor, chunk: int = 1 << 16) -> Tensor:
-    """rep.surface_colour in chunks: points, unit normals [M, 3] -> rgb [M, 3] in [0, 1]."""
+    """rep.surface_colour in chunks: points, unit normals [M, 3] (CPU) -> rgb [M, 3] in [0, 1]
+    (CPU), asked of the representation on its own device."""
+    device = next(rep.parameters()).device
     with torch.no_grad():
-        out = [rep.surface_colour(p, n) for p, n in zip(points.split(chunk), normals.split(chunk))]
+        out = [rep.surface_colour(p.to(device), n.to(device)).cpu()
+               for p, n in zip(points.split(chunk), normals.split(chunk))]
     return torch.cat(out).clamp(0, 1) if out else points.new_zeros(0, 3)
 
 
@@ -156,7 +159,7 @@ def projected_colours(rep, verts: Tensor, faces: Tensor, points: Tensor, normals
     bg = background.to(points).view(1, 3, 1)
     for i in range(0, len(cameras), chunk):
         cams = cameras[i:i + chunk]
-        ref = rep.render(cams, background)
+        ref = rep.render(cams, background).cpu()
         h, w = cams.height, cams.width
         xy, z = project(verts, cams)
         face_ids, bary = rasterize(xy, z, faces, h, w)
@@ -322,7 +325,7 @@ def fidelity(rep, verts, faces, uv, texture, cameras: Cameras, background: Tenso
     "psnr": colour PSNR in dB over the pixels inside the render's mask,
     "interior_psnr": the same over the pixels where both are solid (alpha and coverage > 0.98),
     which leaves out the silhouette band: a soft volumetric edge against an opaque mesh}."""
-    ref = rep.render(cameras, background)
+    ref = rep.render(cameras, background).cpu()
     mask = ref.alpha[:, 0] > 0.5
     rgb, coverage = render_textured(verts, faces, uv, texture, cameras, background)
     covered = coverage[:, 0] > 0.5

@@ -107,8 +107,9 @@ def shade(out: RenderOutput, cameras: Cameras, mode: Shading, background: Tensor
 
 @torch.no_grad()
 def render_batches(rep, cameras: Cameras, background: Tensor, batch: int = 8) -> list[tuple[RenderOutput, Cameras]]:
-    """The representation rendered into ``cameras`` a few views at a time (bounded memory)."""
-    return [(rep.render(cameras[i:i + batch], background), cameras[i:i + batch])
+    """The representation rendered into ``cameras`` a few views at a time (bounded memory), on
+    the CPU whatever the representation's device."""
+    return [(rep.render(cameras[i:i + batch], background).cpu(), cameras[i:i + batch])
             for i in range(0, len(cameras), batch)]
 
 

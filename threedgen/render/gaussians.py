@@ -289,8 +289,8 @@ def rasterize_cpu(
     (``render/cpu_kernels.py``); colours, spherical harmonics and backgrounds in torch.
     """
     assert render_mode in RENDER_MODES, render_mode
-    if means.is_cuda:
-        raise ValueError("rasterize_cpu takes CPU tensors; use gsplat's rasterization on CUDA")
+    if means.device.type != "cpu":
+        raise ValueError(f"rasterize_cpu takes CPU tensors, got {means.device}; use backend 'gsplat' (CUDA) or 'dense'")
     N, C = means.shape[0], viewmats.shape[0]
     _check_colors(colors, N, C, sh_degree)
     viewmats, Ks = viewmats.to(means.dtype), Ks.to(means.dtype)
@@ -412,8 +412,8 @@ def rasterize_dense(
     for s in range(0, px.numel(), pixel_chunk):
         args = (px[s:s + pixel_chunk], py[s:s + pixel_chunk], mx, my, conic, opac, feats)
         if checkpointed:
-            chunks.append(torch.utils.checkpoint.checkpoint(_composite_dense, *args,
-                                                            use_reentrant=False))
+            chunks.append(torch.utils.checkpoint.checkpoint(_composite_dense, *args, use_reentrant=False,
+                                                            preserve_rng_state=False))  # draws nothing
         else:
             chunks.append(_composite_dense(*args))
     img = torch.cat(chunks, dim=1).reshape(C, height, width, D + 1)
@@ -425,6 +425,9 @@ def rasterize_dense(
 # ----------------------------------------------------------------------------------------------
 # Entry point
 # ----------------------------------------------------------------------------------------------
+
+AUTO_BACKENDS = {"cuda": "gsplat", "cpu": "cpu"}  # device type -> backend; any other: "dense"
+
 
 def render_gaussians(
     means: Tensor,
@@ -441,13 +444,14 @@ def render_gaussians(
 
     means [N, 3], quats [N, 4] (wxyz), scales [N, 3] (linear), opacities [N] in [0, 1],
     colors [N, 3] (RGB in [0, 1]) or SH coefficients [N, K, 3] with sh_degree; background [3].
-    backend: "auto" (gsplat's CUDA kernels for CUDA tensors, else "cpu"), "cpu" (tiled,
-    numba kernels), "dense" (torch reference) or "gsplat".
+    backend: "auto" (by the tensors' device: gsplat's kernels on CUDA, the numba kernels on the
+    CPU, the torch reference elsewhere), "cpu" (tiled, numba kernels), "dense" (torch reference)
+    or "gsplat".
     Returns RenderOutput with rgb [B, 3, H, W], alpha [B, 1, H, W], depth [B, 1, H, W] (expected
     depth, 0 where alpha is 0), normal None, info = the rasterizer's meta (for DefaultStrategy).
     """
     if backend == "auto":
-        backend = "gsplat" if means.is_cuda else "cpu"
+        backend = AUTO_BACKENDS.get(means.device.type, "dense")
     viewmats, Ks = cameras.viewmats().to(means), cameras.intrinsics().to(means)
     B = viewmats.shape[0]
     backgrounds = background.to(means).reshape(1, 3).expand(B, 3)

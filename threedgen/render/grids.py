@@ -3,7 +3,7 @@ bilinear planes, summed), as ``F.grid_sample`` with align_corners=True computes 
 
 On CPU, when the points need no gradient, numba kernels (``render/cpu_kernels.py``) run both
 directions: torch's CPU grid_sample backward is serial and took most of a NeRF or triplane step.
-Elsewhere (CUDA, or points that require grad: normals need the double backward that the
+Elsewhere (CUDA or any other device, or points that require grad: normals need the double backward that the
 kernels do not provide) this is ``F.grid_sample`` itself.
 """
 
@@ -20,7 +20,7 @@ PLANE_AXES = kernels.PLANE_AXES  # xy, xz, yz
 
 
 def _use_kernels(grid: Tensor, points: Tensor) -> bool:
-    return not grid.is_cuda and not points.requires_grad
+    return grid.device.type == "cpu" and not points.requires_grad
 
 
 def _chunks(points: Tensor) -> int:

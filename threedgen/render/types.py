@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor
 
 
@@ -20,3 +21,8 @@ class RenderOutput:
     depth: Tensor
     normal: Tensor | None = None
     info: dict = field(default_factory=dict)
+
+    def cpu(self) -> RenderOutput:
+        """The images on the CPU, detached (for metrics and files); info is left behind."""
+        move = lambda t: None if t is None else t.detach().to(torch.device("cpu"))  # noqa: E731
+        return RenderOutput(move(self.rgb), move(self.alpha), move(self.depth), move(self.normal))

@@ -74,7 +74,7 @@ def render_volume(field_fn: FieldFn, cameras: Cameras, *, aabb: float, n_samples
     field_fn: points [M, 3] -> (density [M] >= 0, rgb [M, 3] in [0, 1]); only called on points
         inside the box. aabb: half-size of the cube. n_samples: samples per ray (CPU path) or the
         step ``2 * aabb / n_samples`` (estimator path). background: [3] colour composited behind.
-        stratified: jitter samples (training). generator: for the jitter (CPU path).
+        stratified: jitter samples (training). generator: for the jitter (CPU path; any device's data).
         estimator: optional nerfacc OccGridEstimator, used only when the cameras are on CUDA.
         with_normals: also render normals (world space, unit before accumulation, accumulated
         with the weights, so their length is ~alpha).
@@ -122,7 +122,8 @@ def render_volume(field_fn: FieldFn, cameras: Cameras, *, aabb: float, n_samples
     t_starts = t_near[:, None] + edges * step
     t_ends = t_starts + step
     if stratified:
-        u = torch.rand(R, n_samples, generator=generator, device=o.device, dtype=o.dtype)
+        # Drawn where the generator lives (the systems' are on the CPU), then moved.
+        u = torch.rand(R, n_samples, generator=generator, dtype=o.dtype).to(o.device)
     else:
         u = torch.full((1, 1), 0.5, device=o.device, dtype=o.dtype)
     t = t_starts + u * step

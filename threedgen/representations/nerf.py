@@ -217,7 +217,7 @@ class NeRF(nn.Module):
             stratified = self.training
         if with_normals is None:
             with_normals = bool(cfg and self.training and cfg.lambda_orientation != 0)
-        return render_volume(self.field, cameras, aabb=self.aabb, n_samples=n_samples,
+        return render_volume(self.field, cameras.to(self.color.device), aabb=self.aabb, n_samples=n_samples,
                              background=background, stratified=stratified, generator=generator,
                              estimator=estimator, with_normals=with_normals)
 

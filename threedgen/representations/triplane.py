@@ -173,7 +173,7 @@ class Triplane(nn.Module):
                stratified: bool | None = None, generator: torch.Generator | None = None) -> RenderOutput:
         """See ``render_volume``: rgb [B, 3, H, W], alpha/depth [B, 1, H, W]. Defaults: the config's
         n_samples, stratified sampling in training mode."""
-        return render_volume(self.field, cameras, aabb=self.cfg.aabb,
+        return render_volume(self.field, cameras.to(self.planes.device), aabb=self.cfg.aabb,
                              n_samples=n_samples or self.cfg.n_samples, background=background,
                              stratified=self.training if stratified is None else stratified,
                              generator=generator)

@@ -1,0 +1,104 @@
+"""Device guards that run without a GPU (see tests/fake_device.py).
+
+Every recipe is built on the CPU, as Lightning builds it, then moved to a stand-in accelerator
+that computes on the CPU but enforces CUDA's device rules; two training steps and the end of
+the run (test renders, metrics, exports) must go through without a tensor left behind on the
+CPU, a CPU generator drawing for the accelerator, or a numba kernel fed an accelerator tensor.
+"""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from tests.fake_device import FAKE, DeviceMismatch, FakeDevice, OnFake
+from tests.helpers import TINY
+from tests.test_configs import RECIPES, stand_in_overrides
+from threedgen import config as C
+from threedgen.export import ExportConfig, export
+from threedgen.runs import save_config
+
+
+def build_system(cfg, run_dir):
+    from systems.text_to_3d import TextTo3D
+    from systems.text_to_4d import TextTo4D
+
+    return (TextTo4D if cfg.system.video is not None else TextTo3D)(cfg, run_dir)
+
+
+def steps_on_fake(system, n: int = 2) -> None:
+    """Move ``system`` to the fake accelerator (as Lightning moves it before making the
+    optimizers) and run n training steps."""
+    system.to(FAKE)
+    system.on_train_start()
+    opts, guide = system.representation.optimizers(), system.guidance.optimizers()
+    for _ in range(n):
+        loss, _ = system.optimise(opts, {f"guidance/{k}": o for k, o in guide.items()})
+        assert loss.device == FAKE and torch.isfinite(loss.cpu())
+
+
+def test_fake_device_catches_a_cpu_tensor():
+    """The guard fires on the failures seen on a real GPU: CPU rays meeting a moved grid
+    (index_select with an accelerator index), CPU conditioning in a moved Linear, and a CPU
+    generator drawing for the accelerator; legal mixes pass."""
+    with FakeDevice():
+        grid = torch.randn(4, 3).to(FAKE)
+        assert isinstance(grid, OnFake) and grid.device == FAKE
+        with pytest.raises(DeviceMismatch, match="index_select"):
+            torch.randn(4, 3).index_select(0, torch.arange(2).to(FAKE))
+        layer = torch.nn.Linear(3, 2).to(FAKE)
+        with pytest.raises(DeviceMismatch):
+            layer(torch.randn(5, 3))
+        with pytest.raises(DeviceMismatch, match="generator"):
+            torch.randn(3, generator=torch.Generator().manual_seed(0), device=FAKE)
+        with pytest.raises(RuntimeError):
+            grid.numpy()
+        out = layer(grid.index_select(0, torch.arange(2, device=FAKE))) * torch.tensor(2.0)
+        out = out + torch.tensor([1.0, 2.0], device=out.device) + torch.zeros_like(out)
+        assert out.device == FAKE and grid[torch.tensor([0, 1])].device == FAKE
+        assert torch.allclose(out.cpu(), layer.cpu()(grid.cpu()[:2]) * 2 + torch.tensor([1.0, 2.0]))
+
+
+def test_guard_fires_on_a_planted_bug(tmp_path, monkeypatch):
+    """Planting the bug a real GPU run hit (cameras left on the CPU) makes the recipe test fail."""
+    from systems.text_to_3d import TextTo3D
+    from threedgen.cameras import Cameras
+
+    cfg = C.load([RECIPES[0].parent / "nerf-sds.yaml"], ["prompt=a green cone", *TINY])
+    system = build_system(cfg, tmp_path)
+    monkeypatch.setattr(Cameras, "to", lambda self, device: self)  # the bug: cameras never move
+    with FakeDevice(), pytest.raises(DeviceMismatch):
+        steps_on_fake(system, 1)
+    assert TextTo3D  # imported above for the monkeypatch target's module
+
+
+# The end of a run depends on the representation alone: one recipe each goes through it, with
+# every export format it has (small sizes: the stand-in device computes slowly). Baking by
+# projection renders 48 views, so it runs where rendering is cheapest (the mesh).
+FINISHED = {"gaussians-sds": ["glb", "obj", "ply", "splat", "mp4", "views"], "nerf-sds": ["glb", "gif"],
+            "triplane-sds": ["glb"], "mesh-sds": ["glb"], "4d-gaussians-sds": ["glb", "splat", "mp4"]}
+SMALL = ExportConfig(grid=24, texture_size=32, resolution=24, frames=3, azimuths=2, elevations=(20.0,), times=2)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_recipe_is_device_clean(tmp_path, recipe):
+    """Two steps; for one recipe per representation also the end of the run (test renders,
+    turntable, metrics) and its exports."""
+    overrides = ["prompt=a red cube", *TINY, *stand_in_overrides(recipe, tmp_path)]
+    if "gaussians" in C.load([recipe], ["prompt=a red cube"]).system.representation.name:
+        overrides.append("system.representation.n=500")  # the stand-in renders Gaussians densely
+    cfg = C.load([recipe], overrides)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(run, cfg, ["test"])
+    system = build_system(cfg, run)
+    formats = FINISHED.get(recipe.stem)
+    with FakeDevice():
+        steps_on_fake(system)
+        if formats:
+            system.finish()
+            opts = replace(SMALL, bake="project" if recipe.stem == "mesh-sds" else "query")
+            files = export(run, formats, opts=opts, representation=system.representation)
+    if formats:
+        assert (run / "test" / "turntable.mp4").is_file() and (run / "metrics.json").is_file()
+        assert all(f.is_file() for f in files) and len(files) >= len(formats)
