@@ -52,17 +52,21 @@ MODELSCOPE = dict(sample_size=32, in_channels=4, out_channels=4, layers_per_bloc
 # family -> (UNet config, VAE sample size, VAE scaling factor, text encoders); the first is a
 # CLIPTextModel, a second one has a projection (its pooled output is SDXL's text_embeds).
 FAMILIES = {"sd21": (SD21, 512, 0.18215, ["openclip-h"]),
+            # MVDream (sd-v2.1-base-4view): SD 2.1's UNet plus a 16 -> 1280 camera MLP
+            "mvdream": ({**SD21, "class_embed_type": "projection", "projection_class_embeddings_input_dim": 16},
+                        512, 0.18215, ["openclip-h"]),
             "sdxl": (SDXL, 1024, 0.13025, ["clip-l", "openclip-bigg"]),
             "modelscope": (MODELSCOPE, 256, 0.18215, ["openclip-h"])}
 PROMPT_WORDS = "a an the red green blue orange yellow purple cube cone cylinder sphere torus mug corgi " \
                "wearing crown front side back overhead view bouncing ball spinning".split()
 
 
-def random_parts(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> dict:
+def random_parts(family: str, dtype: torch.dtype = torch.float32, seed: int = 0, device="cpu") -> dict:
     """The components of a published checkpoint (``FAMILIES``) with random weights, built from
     its configs: unet, vae, text_encoders, tokenizers, scheduler (no download). The tokenizer is
     a word-level one over PROMPT_WORDS, padded to CLIP's 77 tokens: the real BPE vocabulary is
-    not needed to exercise the shapes."""
+    not needed to exercise the shapes. ``device``: where the weights are drawn (a GPU draws a
+    billion parameters in seconds)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
@@ -71,26 +75,28 @@ def random_parts(family: str, dtype: torch.dtype = torch.float32, seed: int = 0)
     unet_config, vae_size, scaling, encoders = FAMILIES[family]
     torch.manual_seed(seed)
     unet_cls = UNet3DConditionModel if family == "modelscope" else UNet2DConditionModel
-    unet = unet_cls(**unet_config).to(dtype)
-    vae = AutoencoderKL(**VAE, sample_size=vae_size, scaling_factor=scaling).to(dtype)
+    with torch.device(device):
+        unet = unet_cls(**unet_config).to(dtype)
+        vae = AutoencoderKL(**VAE, sample_size=vae_size, scaling_factor=scaling).to(dtype)
     text_encoders, tokenizers = [], []
     for k, name in enumerate(encoders):
         config = CLIPTextConfig(vocab_size=49408, max_position_embeddings=77, pad_token_id=0, bos_token_id=1,
                                 eos_token_id=2, **TEXT_ENCODERS[name])
-        text_encoders.append((CLIPTextModelWithProjection if k else CLIPTextModel)(config))
+        with torch.device(device):  # text encoders stay float32 (the prior keeps them so, on the CPU)
+            text_encoders.append((CLIPTextModelWithProjection if k else CLIPTextModel)(config).cpu())
         tok = build_tokenizer(PROMPT_WORDS)
         tok.model_max_length = 77
         tokenizers.append(tok)
     assert len(SPECIAL_TOKENS) + len(PROMPT_WORDS) < 49408
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                               num_train_timesteps=1000, prediction_type="epsilon")
-    return dict(unet=unet, vae=vae, text_encoders=text_encoders, tokenizers=tokenizers, scheduler=scheduler)
+    return dict(unet=unet.cpu(), vae=vae.cpu(), text_encoders=text_encoders, tokenizers=tokenizers, scheduler=scheduler)
 
 
-def save_random_checkpoint(family: str, folder: Path, dtype: torch.dtype = torch.float16) -> Path:
+def save_random_checkpoint(family: str, folder: Path, dtype: torch.dtype = torch.float16, device="cpu") -> Path:
     """``random_parts`` written in diffusers' folder layout (safetensors), loadable by
     ``system.prior.path=folder``."""
-    parts = random_parts(family, dtype)
+    parts = random_parts(family, dtype, device=device)
     parts["unet"].save_pretrained(folder / "unet")
     parts["vae"].save_pretrained(folder / "vae")
     parts["scheduler"].save_pretrained(folder / "scheduler")

@@ -193,9 +193,9 @@ class TextTo3D(pl.LightningModule):
         return {**m, **self.timings()}
 
     def timings(self) -> dict:
-        """steps, and for the steps run in this session: fit_seconds, seconds_per_step,
-        prior_evals_per_step."""
-        m = {"steps": self.cfg.trainer.max_steps}
+        """steps, the device, and for the steps run in this session: fit_seconds,
+        seconds_per_step, prior_evals_per_step."""
+        m = {"steps": self.cfg.trainer.max_steps, "device": str(self.device)}
         if self._t0 is not None:
             m["fit_seconds"] = round(time.time() - self._t0, 1)
         if self._steps:

@@ -15,7 +15,10 @@ from tests.fake_device import FAKE, DeviceMismatch, FakeDevice, OnFake
 from tests.helpers import TINY
 from tests.test_configs import RECIPES, stand_in_overrides
 from threedgen import config as C
+from threedgen.cameras import Cameras
 from threedgen.export import ExportConfig, export
+from threedgen.prompts import PromptProcessor
+from threedgen.render import grids
 from threedgen.runs import save_config
 
 
@@ -59,17 +62,31 @@ def test_fake_device_catches_a_cpu_tensor():
         assert torch.allclose(out.cpu(), layer.cpu()(grid.cpu()[:2]) * 2 + torch.tensor([1.0, 2.0]))
 
 
-def test_guard_fires_on_a_planted_bug(tmp_path, monkeypatch):
-    """Planting the bug a real GPU run hit (cameras left on the CPU) makes the recipe test fail."""
-    from systems.text_to_3d import TextTo3D
-    from threedgen.cameras import Cameras
+def _no_move(self, device):  # the planted bug: cameras never leave the CPU
+    return self
 
-    cfg = C.load([RECIPES[0].parent / "nerf-sds.yaml"], ["prompt=a green cone", *TINY])
-    system = build_system(cfg, tmp_path)
-    monkeypatch.setattr(Cameras, "to", lambda self, device: self)  # the bug: cameras never move
-    with FakeDevice(), pytest.raises(DeviceMismatch):
-        steps_on_fake(system, 1)
-    assert TextTo3D  # imported above for the monkeypatch target's module
+
+PLANTS = {  # name -> (recipe, owner, attribute, replacement, what fails)
+    "cameras stay on the CPU": ("nerf-sds", Cameras, "to", _no_move, DeviceMismatch),
+    "prompt embeddings stay on the CPU": ("gaussians-sds", PromptProcessor, "_follow_prior", lambda self: None,
+                                          DeviceMismatch),
+    # grids' dispatch as it was (``not grid.is_cuda``): every non-CUDA tensor to the numba kernels
+    "numba kernels get accelerator tensors": ("nerf-sds", grids, "_use_kernels",
+                                              lambda grid, points: not points.requires_grad, RuntimeError),
+}
+
+
+@pytest.mark.parametrize("plant", PLANTS)
+def test_guard_fires_on_a_planted_bug(tmp_path, monkeypatch, plant):
+    """The failures a real GPU run hit, planted back: a step that passes on the stand-in device
+    fails there once the bug is in."""
+    recipe, owner, attribute, bug, error = PLANTS[plant]
+    cfg = C.load([RECIPES[0].parent / f"{recipe}.yaml"], ["prompt=a red cube"])
+    with FakeDevice():
+        steps_on_fake(build_system(cfg, tmp_path), 1)  # clean: passes
+    monkeypatch.setattr(owner, attribute, bug)
+    with FakeDevice(), pytest.raises(error):
+        steps_on_fake(build_system(cfg, tmp_path), 1)
 
 
 # The end of a run depends on the representation alone: one recipe each goes through it, with

@@ -5,6 +5,7 @@ the same generator seed, so each pair of methods draws the same t and eps.
 """
 
 import copy
+import math
 from dataclasses import replace
 
 import pytest
@@ -253,12 +254,12 @@ def test_fresh_lora_starts_as_the_prior(prior, cond, rgb):
 def test_lora_trains_its_loss_falls_on_a_fixed_batch(prior, cond, rgb, prediction):
     vsd = make(prior, "vsd", lora_lr=3e-3, lora_prediction=prediction)
     x = to_prior_input(prior, rgb).detach()
-    losses = []
+    losses, opt = [], vsd.optimizers()["lora"]
     for _ in range(25):
         loss = vsd.lora_loss(x, cond, torch.Generator().manual_seed(0))  # same t', noise, dropout
-        vsd.optimizer.zero_grad()
+        opt.zero_grad()
         loss.backward()
-        vsd.optimizer.step()
+        opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
     frozen = [p for n, p in vsd.lora_unet.named_parameters() if "lora" not in n and "pose" not in n]
@@ -332,3 +333,29 @@ def test_pixel_grad_clip_clamps_only_the_gradient():
     out.backward(g)
     torch.testing.assert_close(rgb.grad, g.clamp(-0.5, 0.5))
     assert clip_pixel_grad(rgb, 0.0) is rgb  # 0 = off
+
+
+def test_vsd_on_a_half_precision_prior(tmp_path):
+    """A bfloat16 prior (what real recipes load on a GPU; bfloat16 also runs on the CPU): the LoRA
+    copy stays in the prior's dtype but its trained parts are float32, a step is finite and the
+    LoRA's loss falls."""
+    from tests.tiny_priors import tiny_sd
+
+    prior = DiffusionPrior.from_pretrained(tiny_sd(tmp_path / "sd"), dtype="bfloat16")
+    cams = make_cameras([10.0, 20.0], [0.0, 180.0], 2.8, 30.0, 16)
+    cond = PromptProcessor(prior, "a red cube").conditioning(cams)
+    vsd = make(prior, "vsd", lora_lr=3e-3)
+    trained = [p for p in vsd.lora_unet.parameters() if p.requires_grad]
+    assert trained and all(p.dtype == torch.float32 for p in trained)
+    assert vsd.lora_unet.dtype == torch.bfloat16
+    rgb = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    g, out = grad_of(vsd, rgb, cond)
+    assert torch.isfinite(g).all() and torch.isfinite(out.loss)
+    x, opt, losses = to_prior_input(prior, rgb).detach(), vsd.optimizers()["lora"], []
+    for _ in range(15):
+        loss = vsd.lora_loss(x, cond, torch.Generator().manual_seed(0))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(map(math.isfinite, losses)) and losses[-1] < 0.9 * losses[0], losses

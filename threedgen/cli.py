@@ -184,6 +184,10 @@ def cmd_check_prior(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.gpu:
+        from benchmarks.gpu_step import main as gpu_main
+
+        return gpu_main([])
     if args.prior:
         from benchmarks.real_priors import sd21_shape_sds_step
 
@@ -230,6 +234,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer repeats and sizes")
     b.add_argument("--prior", choices=["sd21-shape"],
                    help="instead: one SDS step of a random-weight SD 2.1-size UNet, fp16 on CUDA (skipped without)")
+    b.add_argument("--gpu", action="store_true",
+                   help="instead: one full step of each real-prior recipe at real scale on CUDA, split into its "
+                        "parts, against the UNet's CFG pair (skipped without CUDA; benchmarks/gpu_step.py)")
     b.set_defaults(func=cmd_bench)
 
     t = sub.add_parser("train-prior", help="train the embedded prior (or --video: the video prior) and its classifier")

@@ -28,6 +28,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from diffusers.models.embeddings import TimestepEmbedding
+from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from torch import Tensor, nn
 
@@ -52,8 +53,9 @@ class CameraClassEmbedding(nn.Module):
         nn.init.zeros_(self.pose.linear_2.bias)
 
     def forward(self, labels: Tensor) -> Tensor:
-        out = self.pose(labels[:, self.base_dim:])
-        return out if self.base is None else out + self.base(labels[:, :self.base_dim])
+        """labels in the UNet's dtype -> [B, D_time] in the trained (float32) embedding's."""
+        out = self.pose(labels[:, self.base_dim:].to(self.pose.linear_1.weight.dtype))
+        return out if self.base is None else out + self.base(labels[:, :self.base_dim]).to(out.dtype)
 
 
 class VSD(Guidance):
@@ -85,14 +87,19 @@ class VSD(Guidance):
                                     target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
         unet.class_embedding = CameraClassEmbedding(unet.class_embedding, prior.camera_dim,
                                                     unet.time_embedding.linear_2.out_features)
+        # The trained parts (LoRA, pose embedding) stay float32 in a float16/bfloat16 copy, as in
+        # diffusers' LoRA training scripts: Adam's eps (1e-8) and small updates vanish in fp16.
+        cast_training_params(unet, torch.float32)
         unet.train()
         self.lora_unet = unet
         own = prior.scheduler.config.prediction_type
         self.lora_prediction = own if cfg.lora_prediction == "auto" else cfg.lora_prediction
-        self.optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=cfg.lora_lr)
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"lora": self.optimizer}
+        """A fresh AdamW over the LoRA parameters, made when asked (Lightning asks once the
+        module is on its device)."""
+        return {"lora": torch.optim.AdamW([p for p in self.lora_unet.parameters() if p.requires_grad],
+                                          lr=self.cfg.lora_lr)}
 
     # --- eps_phi --------------------------------------------------------------------------------
     def labels(self, cond: Conditioning, keep_camera: Tensor | None = None) -> Tensor:
