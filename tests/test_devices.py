@@ -32,7 +32,8 @@ def build_system(cfg, run_dir):
 def steps_on_fake(system, n: int = 2) -> None:
     """Move ``system`` to the fake accelerator (as Lightning moves it before making the
     optimizers) and run n training steps."""
-    system.to(FAKE)
+    if system.device != FAKE:  # Lightning moves a module once, before it restores a checkpoint
+        system.to(FAKE)
     system.on_train_start()
     opts, guide = system.representation.optimizers(), system.guidance.optimizers()
     for _ in range(n):
@@ -87,6 +88,25 @@ def test_guard_fires_on_a_planted_bug(tmp_path, monkeypatch, plant):
     monkeypatch.setattr(owner, attribute, bug)
     with FakeDevice(), pytest.raises(error):
         steps_on_fake(build_system(cfg, tmp_path), 1)
+
+
+def test_densify_and_resume_on_the_device(tmp_path):
+    """Gaussians densified on the device, then a resume as Lightning does it: the checkpoint is
+    loaded on the CPU into a system already on the device; the next steps densify again."""
+    cfg = C.load([RECIPES[0].parent / "gaussians-sds.yaml"], [
+        "prompt=a red cube", "system.representation.n=100", "system.representation.densify_from=0",
+        "system.representation.densify_every=1", "system.representation.grow_grad2d=0.0"])
+    with FakeDevice():
+        system = build_system(cfg, tmp_path)
+        steps_on_fake(system, 2)
+        grown = len(system.representation)
+        checkpoint = {"state_dict": {k: v.cpu() if torch.is_tensor(v) else v for k, v in system.state_dict().items()}}
+        resumed = build_system(cfg, tmp_path).to(FAKE)
+        resumed.on_load_checkpoint(checkpoint)
+        resumed.load_state_dict(checkpoint["state_dict"], strict=False)
+        assert len(resumed.representation) == grown > 100
+        steps_on_fake(resumed, 2)
+    assert len(resumed.representation) > grown
 
 
 # The end of a run depends on the representation alone: one recipe each goes through it, with

@@ -216,7 +216,7 @@ class Gaussians(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         if state:
-            self._strategy()[1].update(state)
+            self._strategy()[1].update(state)  # checkpoint tensors: moved to the parameters' in post_step
 
     def regularisers(self, out: RenderOutput, step: int) -> dict[str, Tensor]:
         w = value_at(self.cfg.lambda_sparsity, step)
@@ -229,6 +229,8 @@ class Gaussians(nn.Module):
         c = self.cfg
         if c.densify and step < c.densify_until:
             strategy, state = self._strategy()
+            device = self.means.device  # the statistics follow the parameters (after .to() or a resume)
+            state.update({k: v.to(device) for k, v in state.items() if torch.is_tensor(v)})
             strategy.step_post_backward(self.params, optimizers, state, step, out.info, packed=False)
             if c.opacity_reset_every and step > 0 and step % c.opacity_reset_every == 0:
                 from gsplat.strategy.ops import reset_opa
@@ -236,10 +238,12 @@ class Gaussians(nn.Module):
                 reset_opa(self.params, optimizers, state, value=c.opacity_reset_value)
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
-        """Load a state dict, resizing the parameters first (densification changes N)."""
+        """Load a state dict, resizing the parameters first (densification changes N), on the
+        device they are on (a checkpoint loads on the CPU; the module may be on a GPU)."""
+        device = self.means.device
         for k, v in state.items():
             if k.startswith("params."):
-                self.params[k[len("params."):]] = nn.Parameter(torch.empty_like(v))
+                self.params[k[len("params."):]] = nn.Parameter(torch.empty_like(v, device=device))
         if hasattr(self, "_optimizers"):
             del self._optimizers
         self.load_state_dict(state)
