@@ -107,6 +107,7 @@ def test_recipe_on_cuda(tmp_path, checkpoint, recipe):
 
 
 @pytest.mark.parametrize("options", [["system.prior.dtype=bfloat16"], ["system.prior.vae_tiling=true"],
+                                     ["system.prior.vae_slicing=true"],
                                      ["system.prior.attention_slicing=true"], ["system.prior.cpu_offload=true"]],
                          ids=lambda o: o[0].split(".")[-1])
 def test_real_scale_options(tmp_path, checkpoint, options):
@@ -151,17 +152,21 @@ def test_video_prior_at_real_scale(tmp_path, checkpoint):
 @pytest.mark.parametrize("recipe, prompt, shape, colour", [("gaussians-sds", "a red cube", "cube", "red"),
                                                            ("nerf-sds", "a green cone", "cone", "green")])
 def test_quality_on_cuda(tmp_path, monkeypatch, recipe, prompt, shape, colour):
-    """The CPU bars on the GPU; the Gaussians through gsplat's CUDA rasterizer."""
+    """The CPU bars on the GPU; the Gaussians through gsplat's CUDA rasterizer, the NeRF through
+    nerfacc's compositing (its batched functions, on CUDA tensors)."""
     import gsplat
+    import nerfacc
 
-    calls = []
-    rasterization = gsplat.rasterization
-    monkeypatch.setattr(gsplat, "rasterization", lambda *a, **k: calls.append(1) or rasterization(*a, **k))
+    calls = {"gsplat": [], "nerfacc": []}
+    for module, name, key in ((gsplat, "rasterization", "gsplat"), (nerfacc, "render_weight_from_density", "nerfacc")):
+        original = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _f=original, _k=key, **k: calls[_k].append(a[0].device.type) or _f(*a, **k))
     _, m = fit(tmp_path, f"prompt={prompt}", "trainer.val_every=0", "test.export=[]",
                config=REPO / "configs" / f"{recipe}.yaml")
     assert m["device"].startswith("cuda")
     assert m["shape_correct_views"] == 4 and m["colour_correct_views"] == 4 and m["iou"] >= 0.85, m
-    assert (len(calls) > 0) == (recipe == "gaussians-sds")
+    used = calls["gsplat" if recipe == "gaussians-sds" else "nerfacc"]
+    assert used and set(used) == {"cuda"}, calls
 
 
 def test_resume_export_eval_of_a_gpu_run(tmp_path, capsys):

@@ -159,3 +159,14 @@ def test_bad_local_path_and_cuda_only_options(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(PriorLoadError, match="dtype float16 needs a CUDA device"):
             load(tmp_path, dtype="float16")
+
+
+def test_memory_options_reach_the_models(folders):
+    """attention_slicing, vae_tiling and vae_slicing are applied to the loaded UNet and VAE."""
+    prior = load_prior(PriorConfig(name="diffusers", path=str(folders["sd"]), vae_tiling=True, vae_slicing=True,
+                                   attention_slicing=True))
+    assert prior.vae.use_tiling and prior.vae.use_slicing
+    plain = load_prior(PriorConfig(name="diffusers", path=str(folders["sd"])))
+    assert not plain.vae.use_tiling and not plain.vae.use_slicing
+    sliced = {type(p).__name__ for p in prior.unet.attn_processors.values()}
+    assert sliced != {type(p).__name__ for p in plain.unet.attn_processors.values()}, sliced

@@ -121,7 +121,8 @@ class PriorConfig:
     resolution: int | None = None  # image size renders are resized to; None: the model's own
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # half precision on CUDA only
     attention_slicing: bool = False
-    vae_tiling: bool = False
+    vae_tiling: bool = False  # encode/decode large images tile by tile
+    vae_slicing: bool = False  # encode/decode a batch one image at a time
     cpu_offload: bool = False  # stream the UNet and VAE through the GPU (accelerate); CUDA only
 
     def __post_init__(self):

@@ -377,6 +377,8 @@ def load_prior(cfg) -> DiffusionPrior:
         prior.unet.set_attention_slice("auto")
     if cfg.vae_tiling and isinstance(prior.vae, AutoencoderKL):
         prior.vae.enable_tiling()
+    if cfg.vae_slicing and isinstance(prior.vae, AutoencoderKL):
+        prior.vae.enable_slicing()
     if cfg.cpu_offload:
         from accelerate import cpu_offload
 
