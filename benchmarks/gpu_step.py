@@ -10,7 +10,8 @@ the step's batch (a CFG pair), measured in the same run. Medians of a few steps 
 CUDA timings are synchronised. Peak memory is the step's, from torch.cuda.
 
     threedgen bench --gpu [--recipes dreamfusion-sd ...] [--repeats 3]
-    python -m benchmarks.gpu_step --device cpu --recipes gaussians-sds    # a dry run on the CPU
+    python -m benchmarks.gpu_step --device cpu --recipes mvdream-sds system.prior.dtype=float32 \
+        system.camera.resolution=32    # a dry run on the CPU
 
 Without CUDA (and no ``--device``) it prints one line saying it is skipped.
 """
@@ -35,12 +36,12 @@ RECIPES = {"dreamfusion-sd": "sd21", "prolificdreamer": "sd21", "luciddreamer": 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def build_system(recipe: str, device: torch.device, run_dir: Path):
+def build_system(recipe: str, device: torch.device, run_dir: Path, overrides: list[str] = ()):
     """The recipe's system on ``device`` with a random-weight prior of its published shape."""
     from systems.text_to_3d import TextTo3D
     from threedgen.priors.diffusion import DiffusionPrior, load_prior
 
-    cfg = C.load([CONFIGS / f"{recipe}.yaml"], ["prompt=a red cube"])
+    cfg = C.load([CONFIGS / f"{recipe}.yaml"], ["prompt=a red cube", *overrides])
     family = RECIPES[recipe]
     if family is None:
         prior = load_prior(cfg.system.prior)
@@ -100,19 +101,23 @@ def step_parts(system, device: torch.device, repeats: int) -> dict:
 
 @torch.no_grad()
 def cfg_pair_floor(system, device: torch.device, repeats: int) -> float:
-    """Median seconds of one CFG pair (2B images) through the prior's UNet, B the step's views."""
+    """Median seconds of one CFG pair through the prior's UNet: the step's B views, conditional
+    and unconditional, in one batch of 2B (``guidance.base.predict_branches``)."""
+    from threedgen.cameras import sample_cameras
+    from threedgen.guidance.base import predict_branches
+
     prior, c = system.prior, system.cfg.system.camera
-    B, size = c.batch_size, prior.resolution // prior.factor
-    channels = prior.unet.config.in_channels
-    x = torch.randn(2 * B, channels, size, size, device=device)
-    t = torch.full((2 * B,), 500, device=device)
-    text = system.prompts.conditioning(None, batch=2 * B).text
-    camera = prior.camera_condition(None, 2 * B) if prior.camera_kind != "c2w" else torch.zeros(2 * B, 16, device=device)
+    cams = sample_cameras(c.batch_size, system.ranges, c.resolution, torch.Generator().manual_seed(0),
+                          c.views_per_group).to(device)
+    cond = system.prompts.conditioning(cams)
+    size = prior.resolution // prior.factor
+    x = torch.randn(c.batch_size, prior.unet.config.in_channels, size, size, device=device)
+    t = torch.full((c.batch_size,), 500, device=device)
     times = []
     for k in range(repeats + 1):
         _sync(device)
         t0 = time.perf_counter()
-        prior.predict_noise(x, t, text, camera)
+        predict_branches(prior, x, t, [(cond.text, cond.camera), (cond.uncond, cond.null_camera)])
         _sync(device)
         if k:
             times.append(time.perf_counter() - t0)
@@ -124,6 +129,8 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", nargs="*", default=[r for r, f in RECIPES.items() if f], choices=list(RECIPES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default=None, help="default: cuda, skipped without it")
+    ap.add_argument("overrides", nargs="*", help="key=value for every recipe, e.g. system.prior.dtype=float32 "
+                                                "for a dry run on the CPU")
     args = ap.parse_args(argv)
     if args.device is None and not torch.cuda.is_available():
         print("bench --gpu: skipped (no CUDA device)")
@@ -137,7 +144,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for recipe in args.recipes:
         with tempfile.TemporaryDirectory() as tmp:
-            system = build_system(recipe, device, Path(tmp))
+            system = build_system(recipe, device, Path(tmp), args.overrides)
             p = step_parts(system, device, args.repeats)
             floor = cfg_pair_floor(system, device, args.repeats)
         c, pr = system.cfg.system.camera, system.cfg.system.prior

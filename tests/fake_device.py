@@ -117,4 +117,7 @@ class FakeDevice(TorchDispatchMode):
         return super().__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        return _dispatch(func, args, kwargs or {})
+        kwargs = kwargs or {}
+        if OnFake not in types and not _on_fake(kwargs.get("device")):  # plain CPU work: as it is
+            return func(*args, **kwargs)
+        return _dispatch(func, args, kwargs)
