@@ -104,7 +104,7 @@ def cfg_pair_floor(system, device: torch.device, repeats: int) -> float:
     """Median seconds of one CFG pair through the prior's UNet: the step's B views, conditional
     and unconditional, in one batch of 2B (``guidance.base.predict_branches``)."""
     from threedgen.cameras import sample_cameras
-    from threedgen.guidance.base import predict_branches
+    from threedgen.priors.cfg import predict_branches
 
     prior, c = system.prior, system.cfg.system.camera
     cams = sample_cameras(c.batch_size, system.ranges, c.resolution, torch.Generator().manual_seed(0),

@@ -51,7 +51,7 @@ def test_one_step_denoising_shows_the_prompt(prior):
     """The denoiser's guided x0 estimate from a heavily noised world render (t = 700, alpha_bar
     0.2, the regime SDS uses) is classified as the prompted shape and colour, for every combination
     including the held-out ones; with a wrong prompt, the estimate follows the prompt's colour."""
-    from threedgen.guidance.base import Conditioning, guided_noise
+    from threedgen.priors.cfg import Conditioning, guided_noise
 
     classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
     combos = [(s, c) for s in world.SHAPES for c in world.COLOURS]
@@ -120,7 +120,7 @@ def test_ddim_sample_reaches_the_data_point_whatever_the_unet_predicts(predictio
     returns epsilon, so the sampler must not re-read it as v)."""
     from diffusers import DDPMScheduler
 
-    from threedgen.guidance.base import Conditioning
+    from threedgen.priors.cfg import Conditioning
     from threedgen.priors.sampling import ddim_sample
 
     x0 = torch.full((1, 3, 4, 4), 0.8)

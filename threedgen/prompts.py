@@ -23,7 +23,7 @@ from torch import Tensor
 
 from threedgen.cameras import Cameras
 from threedgen.config import ConfigError, PromptConfig, value_at
-from threedgen.guidance.base import Conditioning
+from threedgen.priors.cfg import Conditioning
 from threedgen.priors.base import cache_root
 
 VIEWS = ("front", "side", "back", "overhead")

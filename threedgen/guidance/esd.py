@@ -19,8 +19,8 @@ import torch
 from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
-from threedgen.guidance.base import Conditioning
 from threedgen.guidance.vsd import VSD
+from threedgen.priors.cfg import Conditioning
 
 
 class ESD(VSD):

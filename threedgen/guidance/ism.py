@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
-from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, bcast, ddim_hop, guided_noise,
-                                     output, predict_branches, draw_timesteps, to_prior_input, weight)
+from threedgen.guidance.base import (Guidance, GuidanceOutput, ddim_hop, output, draw_timesteps,
+                                     to_prior_input, weight)
 from threedgen.guidance.sds import Weighting
+from threedgen.priors.cfg import Conditioning, bcast, guided_noise, predict_branches
 
 
 class ISM(Guidance):

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
-from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise,
-                                     bcast, encode_and_draw, guided_noise, output, weight)
+from threedgen.guidance.base import Guidance, GuidanceOutput, add_noise, encode_and_draw, output, weight
+from threedgen.priors.cfg import Conditioning, bcast, guided_noise
 
 Weighting = Literal["sds", "uniform", "fantasia", "ism"]
 

@@ -27,8 +27,9 @@ import torch
 from torch import Tensor
 
 from threedgen.config import Scheduled, value_at
-from threedgen.guidance.base import Conditioning, bcast, ddim_hop
+from threedgen.guidance.base import ddim_hop
 from threedgen.guidance.ism import ISM
+from threedgen.priors.cfg import Conditioning, bcast
 
 
 class TSM(ISM):

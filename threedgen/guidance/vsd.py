@@ -33,9 +33,9 @@ from peft import LoraConfig
 from torch import Tensor, nn
 
 from threedgen.config import Scheduled, value_at
-from threedgen.guidance.base import (Conditioning, Guidance, GuidanceOutput, add_noise, bcast,
-                                     encode_and_draw, guided_noise, output, weight)
+from threedgen.guidance.base import Guidance, GuidanceOutput, add_noise, encode_and_draw, output, weight
 from threedgen.guidance.sds import Weighting
+from threedgen.priors.cfg import Conditioning, bcast, guided_noise
 
 POSE_DIM = 16  # a flattened 4x4 camera-to-world matrix
 

@@ -6,7 +6,7 @@ import torch
 from diffusers import DDIMScheduler
 from torch import Tensor
 
-from threedgen.guidance.base import Conditioning, guided_noise
+from threedgen.priors.cfg import Conditioning, guided_noise
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from threedgen.cameras import make_cameras
 from threedgen.evaluate import iou
-from threedgen.guidance.base import Conditioning
+from threedgen.priors.cfg import Conditioning
 from threedgen.priors.embedded import world
 from threedgen.priors.embedded.classifier import WorldClassifier, classifier_accuracy
 from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
