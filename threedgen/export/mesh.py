@@ -1,7 +1,7 @@
 """Textured meshes from any representation, their files, and how faithful they are.
 
 - Surface: the mesh representation's own triangles; for NeRF, triplane and Gaussians, the
-  isosurface of the density (``export.isosurface``: the level whose silhouettes match the
+  isosurface of the density (``representations.isosurface``: the level whose silhouettes match the
   renders, small pieces dropped), optionally decimated to a face budget by quadric decimation
   (fast-simplification), keeping a closed surface closed.
 - Appearance: the colour the renders show at each surface point, at the vertices (vertex
@@ -60,7 +60,7 @@ def extract_surface(rep, grid: int = 128, level: float | None = None, min_piece:
                     max_faces: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """(verts [V, 3] float32, faces [F, 3] int64, info) of the representation's surface (module
     doc). Raises SurfaceError when there is none."""
-    from threedgen.export.isosurface import extract_isosurface
+    from threedgen.representations.isosurface import extract_isosurface
     from threedgen.representations.mesh import Mesh
 
     if isinstance(rep, Mesh):

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from threedgen.config import ConfigError
-from threedgen.export.isosurface import extract_isosurface
+from threedgen.representations.isosurface import extract_isosurface
 from threedgen.representations.gaussians import Gaussians
 from threedgen.representations.mesh import Mesh
 from threedgen.representations.nerf import NeRF
