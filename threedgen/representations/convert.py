@@ -7,7 +7,7 @@ isosurface. ``CONVERSIONS`` maps (source name, target name) to a function
 - same kind -> same kind: the target (same sizes) starts from the source's weights, e.g. a second
   stage with another guidance or a longer schedule;
 - NeRF, triplane, Gaussians -> mesh: the isosurface of the source's density at the level whose
-  silhouettes match its renders (``threedgen.export.isosurface``); for fields, the mesh's colour
+  silhouettes match its renders (``threedgen.representations.isosurface``); for fields, the mesh's colour
   grid starts from the source's colours;
 - NeRF, triplane -> Gaussians: Gaussians at points drawn on that same isosurface, with the field's
   colours there.
