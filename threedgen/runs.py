@@ -7,7 +7,7 @@ loads tensors and plain data and never runs code stored in the file.
 
 Files are written atomically (a temporary ``.<name>.<pid>.<random>.tmp`` beside the file, then a
 rename), with the mode the umask gives; a failed write removes its temporary file and raises a
-one-line RunError, so a file under its final name is always complete.
+one-line WriteError, so a file under its final name is always complete.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ CONFIG_FILE, CKPT = "config.yaml", Path("ckpts") / "last.ckpt"
 
 class RunError(RuntimeError):
     """A run folder that cannot be created or used; the message is one line."""
+
+
+class WriteError(RunError):
+    """A file that could not be written (a full disk, a read-only folder); the message is one line."""
 
 
 def slug(prompt: str) -> str:
@@ -68,7 +72,7 @@ def create_run_dir(cfg: C.RunConfig) -> Path:
 def atomic_target(path: Path) -> Iterator[Path]:
     """A temporary path beside ``path`` to write; renamed over ``path`` when the block ends.
     An OSError (a full disk, a read-only folder) removes the temporary file, leaves ``path`` as
-    it was and becomes a one-line RunError."""
+    it was and becomes a one-line WriteError."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
@@ -76,7 +80,7 @@ def atomic_target(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise RunError(f"cannot write {path} ({e.strerror or e}); {path.name} is left as it was") from None
+        raise WriteError(f"cannot write {path} ({e.strerror or e}); {path.name} is left as it was") from None
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
