@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -55,10 +56,11 @@ def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None, video_pri
         module = TextTo3D(cfg, run_dir, prior=prior, initialise=ckpt_path is None)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # "GPU available", tips; after import: it resets it
     # The module writes logs/metrics.csv itself (runs.StepLog): one row per step, kept on resume.
+    bar = [TQDMProgressBar(refresh_rate=10)] if sys.stderr.isatty() else []  # none in logs and pipes
     trainer = pl.Trainer(
-        accelerator="auto", devices=1, max_epochs=1, logger=False,
+        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_progress_bar=bool(bar),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every), TQDMProgressBar(refresh_rate=10)])
+        callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every), *bar])
     # One item per step; the module ends the epoch itself once its saved step count is reached.
     steps = DataLoader(range(cfg.trainer.max_steps), batch_size=None)
     with warnings.catch_warnings():
