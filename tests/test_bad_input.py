@@ -147,6 +147,8 @@ CASES = [
     Case("negative seed", "range", fit("trainer.seed=-1"), "trainer.seed: must be at least 0"),
     Case("zero batch", "range", fit("system.camera.batch_size=0"), "system.camera.batch_size: must be at least 1"),
     Case("zero frames", "range", fit("test.n_frames=0"), "test.n_frames: must be at least 1"),
+    Case("huge export grid", "range", ["export", "{run}", "--format", "glb", "grid=100000"],
+         r"grid: 100000 is too large \(a 100000\^3 grid of density and colour needs about"),
     Case("NaN export option", "range", ["export", "{run}", "--format", "mp4", "elevation=.nan"],
          "elevation: expected a finite number"),
     # name

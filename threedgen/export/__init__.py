@@ -58,8 +58,15 @@ class ExportConfig:
     times: int = 8  # 4D runs: frames of the mesh and splat sequences (times k / times)
 
     def __post_init__(self):
+        from threedgen.config import check_image_size
+
         if self.grid < 8 or self.texture_size < 8 or self.resolution < 8:
             raise ValueError("grid, texture_size and resolution must be at least 8")
+        if self.grid > 1024:
+            raise ValueError(f"grid: {self.grid} is too large (a {self.grid}^3 grid of density and colour "
+                             f"needs about {self.grid ** 3 * 16 / 2**30:,.0f} GiB; at most 1024)")
+        check_image_size("texture_size", self.texture_size, 1)
+        check_image_size("resolution", self.resolution, self.frames)
         if min(self.frames, self.fps, self.azimuths, self.times) < 1 or not self.elevations:
             raise ValueError("frames, fps, azimuths and times must be positive and elevations non-empty")
         if self.max_faces < 0 or not 0 <= self.min_piece < 1:
