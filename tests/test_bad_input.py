@@ -119,6 +119,9 @@ CASES = [
          setup=write("bad.yaml", "prompt: [a red cube\n")),
     Case("missing config file", "config", ["fit", "--config", "{root}/nope.yaml"], "nope.yaml: cannot read config file"),
     Case("no config", "config", ["fit", "prompt=a red cube"], "fit needs --config"),
+    Case("unknown command", "config", ["fitt"], "invalid choice: 'fitt'"),
+    Case("export without format", "config", ["export", "{run}"], "the following arguments are required: --format"),
+    Case("eval views not a number", "config", ["eval", "{run}", "--views", "many"], "invalid int value: 'many'"),
     Case("diffusers prior without path", "config", fit("system.prior.name=diffusers"),
          "system.prior.path: a diffusers prior needs a checkpoint"),
     Case("bad export option", "config", ["export", "{run}", "--format", "mp4", "shading=glossy"],
@@ -149,6 +152,7 @@ CASES = [
     Case("zero frames", "range", fit("test.n_frames=0"), "test.n_frames: must be at least 1"),
     Case("huge export grid", "range", ["export", "{run}", "--format", "glb", "grid=100000"],
          r"grid: 100000 is too large \(a 100000\^3 grid of density and colour needs about"),
+    Case("eval zero views", "range", ["eval", "{run}", "--views", "0"], "eval --views: must be at least 1"),
     Case("NaN export option", "range", ["export", "{run}", "--format", "mp4", "elevation=.nan"],
          "elevation: expected a finite number"),
     # name
@@ -246,7 +250,10 @@ def test_bad_input(case: Case, tmp_path, finished_run, capsys, monkeypatch):
         monkeypatch.setattr(os, "fsync", no_space)
     argv = [a.replace("{out}", str(ws.out)).replace("{run}", str(ws.run)).replace("{root}", str(ws.root))
             for a in case.argv]
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as e:  # argparse's errors
+        rc = e.code
     err = capsys.readouterr().err
     assert rc == case.rc, err
     lines = err.splitlines()

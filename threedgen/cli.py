@@ -21,6 +21,13 @@ class UserError(Exception):
     """Raised for bad input; main() prints it as one line and exits 2."""
 
 
+class Parser(argparse.ArgumentParser):
+    """Command-line mistakes as one line too (argparse prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"threedgen: error: {message}; see '{self.prog} -h'\n")
+
+
 def _user_errors():
     from threedgen.config import ConfigError
     from threedgen.priors.base import PriorLoadError, PromptError
@@ -108,6 +115,8 @@ def cmd_eval(args) -> int:
     from threedgen.priors.diffusion import EMBEDDED_PATH
     import torch
 
+    if args.views < 1:
+        raise UserError(f"eval --views: must be at least 1, got {args.views}")
     run = Path(args.run_dir)
     cfg, rep = runs.load_representation(run)
     background = torch.tensor(cfg.system.background)
@@ -223,7 +232,7 @@ def _export_formats():
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="threedgen", description="Text-to-3D by score distillation.")
+    p = Parser(prog="threedgen", description="Text-to-3D by score distillation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="optimise one prompt into a 3D object")
