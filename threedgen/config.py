@@ -86,6 +86,27 @@ def check_image_size(name: str, size: int, count: int) -> None:
                          f"{gib:,.0f} GiB for their colours alone; at most {MAX_IMAGE_SIZE})")
 
 
+# float32 numbers each representation allocates, from its config (its grids, planes, Gaussians,
+# vertices and colour grids), and the most a run may ask for: 4 GiB of parameters, 16 GiB with
+# their gradients and Adam's two moments.
+PARAMETERS = {
+    "nerf": lambda c: 4 * c.resolution ** 3,
+    "triplane": lambda c: 3 * c.channels * c.resolution ** 2 + c.occ_resolution ** 3,
+    "mesh": lambda c: 3 * c.texture_resolution ** 3 + 30 * 4 ** c.subdivisions + c.init_resolution ** 3,
+    "gaussians": lambda c: 14 * c.n,
+    "dynamic_gaussians": lambda c: 14 * c.n,
+}
+MAX_PARAMETERS = 2 ** 30
+
+
+def check_representation_size(rep) -> None:
+    n = PARAMETERS[rep.name](rep)
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"representation: too large (this {rep.name} holds about {n * 4 / 2**30:,.0f} GiB of "
+                         f"parameters, {n * 16 / 2**30:,.0f} GiB with gradients and Adam's moments; at most "
+                         f"{MAX_PARAMETERS * 4 / 2**30:g} GiB): lower its resolution, n or subdivisions")
+
+
 def check_at_least(obj, low: int, *names: str) -> None:
     """Each field ``names`` of ``obj`` is an integer >= ``low``."""
     for name in names:
@@ -285,6 +306,7 @@ class SystemConfig:
 
         from threedgen.guidance import GUIDANCE
 
+        check_representation_size(self.representation)
         if self.video is None:
             return
         if not hasattr(REPRESENTATIONS[self.representation.name], "at_time"):
