@@ -330,3 +330,18 @@ def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_one_tokenizer_for_the_vocabulary_check_the_encoder_and_evaluation():
+    """'a red cube.' is the prompt 'a red cube' everywhere: evaluation finds its shape and colour,
+    the prior accepts it and encodes the same text (the period is no unknown token)."""
+    from threedgen.config import PriorConfig
+    from threedgen.evaluate import parse_motion, parse_prompt
+    from threedgen.priors.diffusion import load_prior
+
+    assert parse_prompt("a red cube.") == ("cube", "red")
+    assert parse_prompt("A blue, ball!") == ("sphere", "blue")
+    assert parse_motion("a red cube, spinning.") == "spinning"
+    prior = load_prior(PriorConfig())
+    prior.check_prompt("a red cube.")
+    torch.testing.assert_close(prior.encode_prompts(["a red cube."]), prior.encode_prompts(["a red cube"]))

@@ -183,7 +183,7 @@ def motion_amount(track: dict) -> dict[str, float]:
 
 
 def parse_motion(prompt: str) -> str | None:
-    return next((w for w in prompt.lower().split() if w in world.MOTIONS), None)
+    return next((w for w in prompt_words(prompt) if w in world.MOTIONS), None)
 
 
 @torch.no_grad()
