@@ -388,7 +388,7 @@ def _convert(tp, value, path: str):
         ok = isinstance(value, int) if tp is int else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
             raise ConfigError(f"{path}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
-        if not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{path}: expected a finite number, got {value}")
         return tp(value)
     if tp is str:
