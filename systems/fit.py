@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 import logging
-import os
+import sys
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
-from pytorch_lightning.loggers import CSVLogger
 from torch.utils.data import DataLoader
 
 from systems.text_to_3d import TextTo3D
 from systems.text_to_4d import TextTo4D
 from threedgen.config import RunConfig
-from threedgen.runs import CKPT
+from threedgen.runs import CKPT, atomic_target
 
 
 class AtomicCheckpoint(pl.Callback):
-    """Writes ``ckpts/last.ckpt`` every ``every`` steps and at the end: temp file, then rename."""
+    """Writes ``ckpts/last.ckpt`` every ``every`` steps and at the end: temp file, then rename
+    (a failed write, e.g. on a full disk, keeps the last good checkpoint: ``atomic_target``)."""
 
     def __init__(self, run_dir: Path, every: int):
         self.path, self.every = Path(run_dir) / CKPT, every
 
     def save(self, trainer: pl.Trainer) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        trainer.save_checkpoint(tmp)
-        os.replace(tmp, self.path)
+        with atomic_target(self.path) as tmp:
+            trainer.save_checkpoint(tmp)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = int(module.step_count)
@@ -55,17 +54,19 @@ def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None, video_pri
         module = TextTo4D(cfg, run_dir, prior=prior, video_prior=video_prior, initialise=ckpt_path is None)
     else:
         module = TextTo3D(cfg, run_dir, prior=prior, initialise=ckpt_path is None)
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # "GPU available", tips; after import: it resets it
+    # The module writes logs/metrics.csv itself (runs.StepLog): one row per step, kept on resume.
+    bar = [TQDMProgressBar(refresh_rate=10)] if sys.stderr.isatty() else []  # none in logs and pipes
     trainer = pl.Trainer(
-        accelerator="auto", devices=1, max_epochs=1, logger=CSVLogger(run_dir, name="logs", version=""),
+        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_progress_bar=bool(bar),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
-        log_every_n_steps=min(10, cfg.trainer.max_steps), callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every),
-                                         TQDMProgressBar(refresh_rate=10)])
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # after import: it resets it
+        callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every), *bar])
     # One item per step; the module ends the epoch itself once its saved step count is reached.
     steps = DataLoader(range(cfg.trainer.max_steps), batch_size=None)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended.*")
         warnings.filterwarnings("ignore", ".*module\\(s\\) in eval mode.*")  # the frozen prior
-        trainer.fit(module, steps, ckpt_path=ckpt_path)
+        warnings.filterwarnings("ignore", ".*LeafSpec.*")  # Lightning's own use of a deprecated torch API
+        trainer.fit(module, steps, ckpt_path=ckpt_path, weights_only=True)  # a checkpoint never runs code
     return module.finish()

@@ -30,7 +30,7 @@ from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
 from threedgen.prompts import PromptProcessor
 from threedgen.representations import build_representation
 from threedgen.representations.convert import convert
-from threedgen.runs import atomic_write, load_representation
+from threedgen.runs import StepLog, atomic_write, check_finite, load_representation
 
 log = logging.getLogger("threedgen")
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
@@ -63,6 +63,7 @@ class TextTo3D(pl.LightningModule):
         self.strict_loading = False  # checkpoints leave the frozen prior out
         self._t0 = None
         self._evals = self._steps = 0  # prior evaluations and steps run in this session
+        self._past = {"seconds": 0.0, "steps": 0, "prior_evals": 0}  # earlier sessions' (resume)
 
     def image_prompt(self) -> str:
         """The prompt the image guidance sees."""
@@ -103,7 +104,7 @@ class TextTo3D(pl.LightningModule):
     def training_step(self, batch, batch_idx):
         step = int(self.step_count)
         loss, logs = self.optimise(*self._optimizers(), backward=self.manual_backward)
-        self.log_dict(logs, prog_bar=False)
+        self.step_log.append(step + 1, {"loss": loss, **logs})
         self.log("loss", loss, prog_bar=True)
         if self.cfg.trainer.val_every and (step + 1) % self.cfg.trainer.val_every == 0:
             self.save_views(self.run_dir / "val" / f"step{step + 1:05d}.png")
@@ -125,6 +126,7 @@ class TextTo3D(pl.LightningModule):
         for o in (*opts.values(), *guide_opts.values()):
             o.step()
         self.representation.post_step(step, out, opts)
+        check_finite(step + 1, loss, self)  # before this step's checkpoint: it keeps the last finite one
         self.step_count += 1
         self._evals, self._steps = self._evals + guided.prior_evals, self._steps + 1
         logs = {"grad": guided.grad_norm, "t": guided.timesteps.float().mean() / self.prior.num_train_timesteps,
@@ -136,8 +138,10 @@ class TextTo3D(pl.LightningModule):
         frozen = {k for k, p in self.named_parameters() if not p.requires_grad}  # e.g. VSD's UNet copy
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if not k.startswith(FROZEN) and k not in frozen}
+        checkpoint["timings"] = self._totals()
 
     def on_load_checkpoint(self, checkpoint):
+        self._past = checkpoint.get("timings", self._past)  # none in checkpoints of older versions
         rep = {k[len("representation."):]: v for k, v in checkpoint["state_dict"].items()
                if k.startswith("representation.")}
         self.representation.load_weights(rep)  # resizes (e.g. densified Gaussians) before Lightning loads
@@ -160,6 +164,7 @@ class TextTo3D(pl.LightningModule):
 
     def on_train_start(self):
         self._t0 = time.time()
+        self.step_log = StepLog(self.run_dir / "logs" / "metrics.csv", int(self.step_count))
 
     @torch.no_grad()
     def finish(self) -> dict:
@@ -192,13 +197,17 @@ class TextTo3D(pl.LightningModule):
                      classifier, elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
         return {**m, **self.timings()}
 
+    def _totals(self) -> dict:
+        """Training seconds, steps and prior evaluations of all sessions so far (a resumed run
+        adds its own to those its checkpoint saved)."""
+        p = self._past
+        return {"seconds": p["seconds"] + time.time() - self._t0, "steps": p["steps"] + self._steps,
+                "prior_evals": p["prior_evals"] + self._evals}
+
     def timings(self) -> dict:
-        """steps, the device, and for the steps run in this session: fit_seconds,
-        seconds_per_step, prior_evals_per_step."""
-        m = {"steps": self.cfg.trainer.max_steps, "device": str(self.device)}
-        if self._t0 is not None:
-            m["fit_seconds"] = round(time.time() - self._t0, 1)
-        if self._steps:
-            m["seconds_per_step"] = round((time.time() - self._t0) / self._steps, 4)
-            m["prior_evals_per_step"] = self._evals / self._steps
-        return m
+        """steps, the device, and fit_seconds, seconds_per_step and prior_evals_per_step over all
+        sessions."""
+        t = self._totals()
+        return {"steps": self.cfg.trainer.max_steps, "device": str(self.device), "fit_seconds": round(t["seconds"], 1),
+                "seconds_per_step": round(t["seconds"] / t["steps"], 4),
+                "prior_evals_per_step": t["prior_evals"] / t["steps"]}

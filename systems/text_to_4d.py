@@ -24,6 +24,7 @@ from threedgen.config import ConfigError, PromptConfig, RunConfig
 from threedgen.evaluate import evaluate_4d
 from threedgen.export.views import write_png, write_video
 from threedgen.guidance import GUIDANCE
+from threedgen.priors.base import prompt_words
 from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
 from threedgen.priors.embedded import world
 from threedgen.priors.embedded.check import training_azimuth
@@ -36,7 +37,7 @@ def image_prompt_for(prompt: str, vocabulary: list[str] | None) -> str:
     (``world.SYNONYMS``: "ball" -> "sphere") and the words it lacks (the motion) dropped."""
     if vocabulary is None:
         return prompt
-    words = [world.SYNONYMS.get(w, w) for w in prompt.lower().split()]
+    words = [world.SYNONYMS.get(w, w) for w in prompt_words(prompt)]
     return " ".join(w for w in words if w in vocabulary)
 
 

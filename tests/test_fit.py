@@ -27,7 +27,7 @@ def fit(tmp_path, *overrides, config=NERF) -> Path:
 
 
 def weights(run) -> dict:
-    state = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    state = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     return {k: v for k, v in state.items() if k.startswith(("representation.", "guidance."))}
 
 
@@ -38,7 +38,7 @@ def assert_intact(run):
     for mp4 in run.rglob("*.mp4"):
         assert sum(1 for _ in imageio.get_reader(mp4)) > 0
     json.loads((run / "metrics.json").read_text())
-    torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not list(run.rglob(".*.tmp*")), "temporary files left behind"
 
 
@@ -85,7 +85,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, recipe):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     (run,) = run_dirs(killed_root)
-    saved = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    saved = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
     assert 0 < int(saved["state_dict"]["step_count"]) < 24  # really interrupted
     guidance_keys = [k for k in saved["state_dict"] if k.startswith("guidance.")]
     if recipe == "nerf-vsd":
@@ -94,7 +94,7 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path, recipe):
     else:
         assert not guidance_keys
     assert main(["fit", "--resume", str(run)]) == 0
-    resumed = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
+    resumed = torch.load(run / "ckpts" / "last.ckpt", map_location="cpu", weights_only=True)
     assert int(resumed["state_dict"]["step_count"]) == 24
     assert_intact(run)
 

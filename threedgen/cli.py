@@ -1,7 +1,10 @@
 """``threedgen fit | eval | export | bench | train-prior | check-prior``.
 
-User errors (bad config, unknown prompt word, missing checkpoint, unwritable folder) print one
-line, ``threedgen: error: ...``, and exit with code 2; no traceback.
+User errors (bad config, unknown prompt word, missing, damaged or unsafe checkpoint, unwritable
+folder) print one line, ``threedgen: error: ...``, and exit with code 2; no traceback. Faults
+during a run (a full disk, a diverged optimisation, any other failed read or write) print one
+line too and exit with code 1. A fresh ``fit`` that stops before its first checkpoint removes
+its run folder: it could be neither resumed nor evaluated.
 """
 
 from __future__ import annotations
@@ -9,12 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 from pathlib import Path
 
 
 class UserError(Exception):
     """Raised for bad input; main() prints it as one line and exits 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """Command-line mistakes as one line too (argparse prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"threedgen: error: {message}; see '{self.prog} -h'\n")
 
 
 def _user_errors():
@@ -24,6 +35,12 @@ def _user_errors():
     from threedgen.runs import RunError
 
     return (UserError, ConfigError, PromptError, PriorLoadError, RunError, ExportError)
+
+
+def _faults():
+    from threedgen.runs import NonFiniteError, WriteError
+
+    return (WriteError, NonFiniteError, OSError)
 
 
 def cmd_fit(args) -> int:
@@ -36,6 +53,8 @@ def cmd_fit(args) -> int:
         if args.overrides:
             raise UserError("--resume takes no overrides: a resumed run keeps its config")
         ckpt = runs.checkpoint_path(run)
+        runs.read_checkpoint(ckpt)  # damaged, unsafe or diverged: one line before anything loads
+        runs.remove_temporaries(run)  # left by a killed write
     else:
         if not args.config:
             raise UserError("fit needs --config FILE (or --resume RUN_DIR)")
@@ -58,12 +77,22 @@ def cmd_fit(args) -> int:
     else:
         prior.check_prompt(cfg.prompt)
     prior.check_prompt(cfg.negative_prompt)
-    if not args.resume:
-        run = runs.create_run_dir(cfg)
-        runs.save_config(run, cfg, ["threedgen", *args.argv])
     from systems.fit import fit
 
-    metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt, video_prior=video_prior)
+    if not args.resume:
+        run = runs.create_run_dir(cfg)
+    try:
+        if not args.resume:
+            runs.save_config(run, cfg, ["threedgen", *args.argv])
+        metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt, video_prior=video_prior)
+    except BaseException as e:  # also Ctrl-C
+        kept = (run / runs.CKPT).is_file()
+        if not kept:  # a fresh run without a checkpoint can be neither resumed nor evaluated
+            shutil.rmtree(run)
+        if isinstance(e, runs.NonFiniteError):
+            raise runs.NonFiniteError(f"{e}; training stopped, " + (
+                f"{run / runs.CKPT} keeps the last finite state" if kept else "before its first checkpoint")) from None
+        raise
     print(json.dumps({"run": str(run), **metrics}, indent=2))
     return 0
 
@@ -75,7 +104,7 @@ def _check_init_from(cfg) -> None:
 
     source = Path(cfg.init_from)
     source_cfg = runs.load_run_config(source)
-    runs.checkpoint_path(source)
+    runs.read_checkpoint(runs.checkpoint_path(source))
     check_conversion(source_cfg.system.representation.name, cfg.system.representation.name)
 
 
@@ -86,6 +115,8 @@ def cmd_eval(args) -> int:
     from threedgen.priors.diffusion import EMBEDDED_PATH
     import torch
 
+    if args.views < 1:
+        raise UserError(f"eval --views: must be at least 1, got {args.views}")
     run = Path(args.run_dir)
     cfg, rep = runs.load_representation(run)
     background = torch.tensor(cfg.system.background)
@@ -205,7 +236,7 @@ def _export_formats():
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="threedgen", description="Text-to-3D by score distillation.")
+    p = Parser(prog="threedgen", description="Text-to-3D by score distillation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="optimise one prompt into a 3D object")
@@ -300,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     diffusers.utils.logging.disable_progress_bar()
     try:
         return args.func(args)
+    except _faults() as e:
+        print(f"threedgen: error: {e}", file=sys.stderr)
+        return 1
     except _user_errors() as e:
         print(f"threedgen: error: {e}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,6 +70,64 @@ def weighted_terms(step: int, terms: dict[str, tuple[Scheduled, Callable[[], Any
     return {k: weights[k] * loss() for k, (_, loss) in terms.items() if weights[k] > 0}
 
 
+# --- ranges ------------------------------------------------------------------------------------
+
+MAX_IMAGE_SIZE = 4096  # pixels per side of any rendered image
+
+
+def check_image_size(name: str, size: int, count: int) -> None:
+    """``count`` images of ``size`` x ``size`` pixels: at least 8 and at most MAX_IMAGE_SIZE per
+    side; a too large size is refused with the memory its colours alone would take."""
+    if size < 8:
+        raise ValueError(f"{name}: must be at least 8 pixels, got {size}")
+    if size > MAX_IMAGE_SIZE:
+        gib = count * size * size * 3 * 4 / 2**30  # float32 RGB
+        raise ValueError(f"{name}: {size} is too large ({count} image(s) of {size}x{size} need about "
+                         f"{gib:,.0f} GiB for their colours alone; at most {MAX_IMAGE_SIZE})")
+
+
+# float32 numbers each representation allocates, from its config (its grids, planes, Gaussians,
+# vertices and colour grids), and the most a run may ask for: 4 GiB of parameters, 16 GiB with
+# their gradients and Adam's two moments.
+PARAMETERS = {
+    "nerf": lambda c: 4 * c.resolution ** 3,
+    "triplane": lambda c: 3 * c.channels * c.resolution ** 2 + c.occ_resolution ** 3,
+    "mesh": lambda c: 3 * c.texture_resolution ** 3 + 30 * 4 ** c.subdivisions + c.init_resolution ** 3,
+    "gaussians": lambda c: 14 * c.n,
+    "dynamic_gaussians": lambda c: 14 * c.n,
+}
+MAX_PARAMETERS = 2 ** 30
+
+
+def check_representation_size(rep) -> None:
+    n = PARAMETERS[rep.name](rep)
+    if n > MAX_PARAMETERS:
+        raise ValueError(f"representation: too large (this {rep.name} holds about {n * 4 / 2**30:,.0f} GiB of "
+                         f"parameters, {n * 16 / 2**30:,.0f} GiB with gradients and Adam's moments; at most "
+                         f"{MAX_PARAMETERS * 4 / 2**30:g} GiB): lower its resolution, n or subdivisions")
+
+
+def check_at_least(obj, low: int, *names: str) -> None:
+    """Each field ``names`` of ``obj`` is an integer >= ``low``."""
+    for name in names:
+        if getattr(obj, name) < low:
+            raise ValueError(f"{name}: must be at least {low}, got {getattr(obj, name)}")
+
+
+# Ranges by field name, the same in every config class (a learning rate means the same thing in
+# every representation): (pattern, lowest value). Scheduled values are checked at both ends.
+FIELD_RANGES = ((re.compile(r"lr(_\w+)?"), 0.0),  # learning rates
+                (re.compile(r"lambda_\w+"), 0.0),  # loss weights
+                (re.compile(r"guidance_scale"), 0.0))
+
+
+def _check_range(name: str, value, path: str) -> None:
+    values = (value.start, value.end) if isinstance(value, Ramp) else (value,)
+    for pattern, low in FIELD_RANGES:
+        if pattern.fullmatch(name) and any(v < low for v in values if isinstance(v, (int, float))):
+            raise ConfigError(f"{path}: must be at least {low:g}, got {value}")
+
+
 # --- the schema --------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -85,6 +145,8 @@ class CameraConfig:
     views_per_group: int = 1  # multi-view priors (MVDream: 4): groups of views 360/V degrees apart
 
     def __post_init__(self):
+        check_at_least(self, 1, "batch_size")
+        check_image_size("resolution", self.resolution, self.batch_size)
         if self.views_per_group < 1 or self.batch_size % self.views_per_group:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of views_per_group "
                              f"({self.views_per_group})")
@@ -141,6 +203,14 @@ class TrainerConfig:
     ckpt_every: int = 100
     threads: int | None = None  # torch CPU threads; None keeps torch's default
 
+    def __post_init__(self):
+        check_at_least(self, 1, "max_steps", "ckpt_every")
+        check_at_least(self, 0, "val_every", "seed")
+        if self.seed >= 2**32:
+            raise ValueError(f"seed: must be below 2^32, got {self.seed}")
+        if self.threads is not None:
+            check_at_least(self, 1, "threads")
+
 
 @dataclass(frozen=True)
 class TestConfig:
@@ -156,6 +226,8 @@ class TestConfig:
     def __post_init__(self):
         from threedgen.export import FORMATS
 
+        check_at_least(self, 1, "n_frames", "fps", "eval_times")
+        check_image_size("resolution", self.resolution, self.n_frames)
         unknown = [f for f in self.export if f not in FORMATS]
         if unknown:
             raise ValueError(f"export: unknown format {unknown[0]!r} (known: {', '.join(FORMATS)})")
@@ -209,8 +281,9 @@ class VideoConfig:
     image_root_motion: bool = False
 
     def __post_init__(self):
-        if self.start < 0 or self.frames < 2 or self.resolution < 8:
-            raise ValueError("start >= 0, frames >= 2 and resolution >= 8 are required")
+        if self.start < 0 or self.frames < 2:
+            raise ValueError("start >= 0 and frames >= 2 are required")
+        check_image_size("resolution", self.resolution, self.frames)
         if not 0 <= self.image_probability <= 1:
             raise ValueError("image_probability must lie in [0, 1]")
         if self.camera_azimuth is not None and not -180 <= self.camera_azimuth[0] <= self.camera_azimuth[1] <= 180:
@@ -234,6 +307,7 @@ class SystemConfig:
 
         from threedgen.guidance import GUIDANCE
 
+        check_representation_size(self.representation)
         if self.video is None:
             return
         if not hasattr(REPRESENTATIONS[self.representation.name], "at_time"):
@@ -254,6 +328,16 @@ class RunConfig:
     init_from: str | None = None  # a run folder: start from its representation (stage chaining)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     test: TestConfig = field(default_factory=TestConfig)
+
+    def __post_init__(self):
+        if not self.prompt.strip():
+            raise ValueError('prompt: the prompt is empty; give one, e.g. prompt="a red cube"')
+        if not self.output_dir.strip():
+            raise ValueError("output_dir: is empty")
+        parts = Path(self.name).parts
+        if not parts or Path(self.name).is_absolute() or ".." in parts:
+            raise ValueError(f"name: {self.name!r} is not a plain relative path (runs go to "
+                             "<output_dir>/<name>/...; no '..', no leading '/')")
 
 
 TAGGED = {("SystemConfig", "representation"): 0, ("SystemConfig", "guidance"): 1, ("VideoConfig", "guidance"): 1}
@@ -305,8 +389,12 @@ def _convert(tp, value, path: str):
         ok = isinstance(value, int) if tp is int else isinstance(value, (int, float))
         if isinstance(value, bool) or not ok:
             raise ConfigError(f"{path}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value}")
         return tp(value)
     if tp is str:
+        if value is None:  # "key=" with nothing after the "=": the empty string
+            return ""
         if not isinstance(value, str):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
         return value
@@ -333,10 +421,12 @@ def build(cls, data: dict, path: str = ""):
             kwargs[name] = _build_tagged(_tables()[tag], data[name], p)
         else:
             kwargs[name] = _convert(hints[name], data[name], p)
+            _check_range(name, kwargs[name], p)
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as e:  # __post_init__ checks of values
-        raise ConfigError(f"{path or cls.__name__}: {e}") from None
+    except (ValueError, TypeError) as e:  # __post_init__ checks of values, "<field>: ..." or about several
+        named = str(e).split(":", 1)[0] in fields
+        raise ConfigError(f"{prefix}{e}" if named else f"{path or cls.__name__}: {e}") from None
 
 
 def _build_tagged(table: dict, data, path: str):
@@ -365,6 +455,10 @@ def _read(f: str | Path, seen: tuple = ()) -> list:
         raise ConfigError(f"{f}: cannot read config file ({e.strerror})") from None
     except Exception as e:  # YAML syntax errors
         raise ConfigError(f"{f}: invalid YAML ({str(e).splitlines()[0]})") from None
+    if not part:
+        raise ConfigError(f"{f}: the config file is empty")
+    if not OmegaConf.is_dict(part):
+        raise ConfigError(f"{f}: expected a mapping of config keys, got a list")
     if "base" not in part:
         return [part]
     base = f.parent / str(part.pop("base"))

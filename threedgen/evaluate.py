@@ -20,6 +20,7 @@ from skimage.measure import label
 from torch import Tensor
 
 from threedgen.cameras import Cameras, make_cameras, orbit
+from threedgen.priors.base import prompt_words
 from threedgen.priors.embedded import world
 from threedgen.render.types import RenderOutput
 
@@ -29,7 +30,7 @@ RenderFn = Callable[[Cameras], RenderOutput]
 def parse_prompt(prompt: str) -> tuple[str | None, str | None]:
     """'a red cube' -> ('cube', 'red'), 'a blue ball bouncing' -> ('sphere', 'blue'); words that
     name no world shape or colour give None."""
-    words = [world.SYNONYMS.get(w, w) for w in prompt.lower().split()]
+    words = [world.SYNONYMS.get(w, w) for w in prompt_words(prompt)]
     shape = next((w for w in words if w in world.SHAPES), None)
     colour = next((w for w in words if w in world.COLOURS), None)
     return shape, colour
@@ -182,7 +183,7 @@ def motion_amount(track: dict) -> dict[str, float]:
 
 
 def parse_motion(prompt: str) -> str | None:
-    return next((w for w in prompt.lower().split() if w in world.MOTIONS), None)
+    return next((w for w in prompt_words(prompt) if w in world.MOTIONS), None)
 
 
 @torch.no_grad()

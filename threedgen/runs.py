@@ -1,19 +1,29 @@
 """Run folders: ``outputs/<config-name>/<prompt-slug>@<YYYYmmdd-HHMMSS>/``.
 
 A run folder holds ``config.yaml`` (the resolved config), ``cmd.txt``, ``ckpts/last.ckpt``,
-``val/`` PNGs, ``test/`` frames and ``turntable.mp4``, ``metrics.json`` and ``logs/``.
-Nothing here imports Lightning: a checkpoint is read with ``torch.load``.
+``val/`` PNGs, ``test/`` frames and ``turntable.mp4``, ``metrics.json`` and ``logs/metrics.csv``.
+Nothing here imports Lightning: a checkpoint is read with ``torch.load(weights_only=True)``, which
+loads tensors and plain data and never runs code stored in the file.
+
+Files are written atomically (a temporary ``.<name>.<pid>.<random>.tmp`` beside the file, then a
+rename), with the mode the umask gives; a failed write removes its temporary file and raises a
+one-line WriteError, so a file under its final name is always complete.
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import json
 import os
+import pickle
 import re
+import secrets
 import shlex
-import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
@@ -25,6 +35,10 @@ CONFIG_FILE, CKPT = "config.yaml", Path("ckpts") / "last.ckpt"
 
 class RunError(RuntimeError):
     """A run folder that cannot be created or used; the message is one line."""
+
+
+class WriteError(RunError):
+    """A file that could not be written (a full disk, a read-only folder); the message is one line."""
 
 
 def slug(prompt: str) -> str:
@@ -54,15 +68,33 @@ def create_run_dir(cfg: C.RunConfig) -> Path:
     return run
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temporary file in the same folder, then rename over ``path``."""
+@contextlib.contextmanager
+def atomic_target(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write; renamed over ``path`` when the block ends.
+    An OSError (a full disk, a read-only folder) removes the temporary file, leaves ``path`` as
+    it was and becomes a one-line WriteError."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WriteError(f"cannot write {path} ({e.strerror or e}); {path.name} is left as it was") from None
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Write ``data`` to ``path`` atomically (see the module docstring)."""
+    with atomic_target(path) as tmp, open(tmp, "xb") as f:  # "x": mode 0666 less the umask
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files an interrupted write left under ``folder``."""
+    for tmp in Path(folder).rglob(".*.tmp*"):
+        tmp.unlink()
 
 
 def save_config(run: Path, cfg: C.RunConfig, argv: list[str]) -> None:
@@ -83,14 +115,103 @@ def checkpoint_path(run: Path) -> Path:
     return ckpt
 
 
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, loaded safely (tensors and plain data only), with finite
+    parameters; a damaged, foreign or diverged checkpoint raises a one-line RunError."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, ValueError) as e:
+        reason = "it holds more than tensors and plain data" if "Weights only load failed" in str(e) else "damaged"
+        raise RunError(f"{path}: not a readable checkpoint ({reason}); it was not loaded. Fit the run "
+                       "again, or put back a good copy of the file") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise RunError(f"{path}: not a threedgen checkpoint (no state_dict); fit the run again")
+    bad = non_finite(ckpt["state_dict"].items())
+    if bad:
+        raise RunError(f"{path}: non-finite values (NaN or Inf) in {', '.join(bad)}; the run diverged. "
+                       "Fit it again with a lower learning rate or guidance scale")
+    return ckpt
+
+
 def load_representation(run: Path):
     """(config, representation with the run's last weights) from a run folder."""
     from threedgen.representations import build_representation
 
     cfg = load_run_config(run)
-    state = torch.load(checkpoint_path(run), map_location="cpu", weights_only=False)["state_dict"]
+    ckpt = checkpoint_path(run)
+    state = read_checkpoint(ckpt)["state_dict"]
     prefix = "representation."
     rep_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     rep = build_representation(cfg.system.representation, seed=cfg.trainer.seed)
-    rep.load_weights(rep_state)
+    try:
+        rep.load_weights(rep_state)
+    except RuntimeError:  # load_state_dict: missing, unexpected or mis-shaped tensors
+        raise RunError(f"{ckpt}: its weights do not fit the run's {cfg.system.representation.name} "
+                       "representation (config.yaml and the checkpoint disagree)") from None
     return cfg, rep.eval()
+
+
+# --- divergence ----------------------------------------------------------------------------------
+
+class NonFiniteError(RuntimeError):
+    """Training produced a NaN or Inf; the message (one line) names the step and the tensor."""
+
+
+def non_finite(named) -> list[str]:
+    """Names of the floating-point tensors among (name, tensor) pairs holding a NaN or Inf."""
+    tensors = [(k, v) for k, v in named if torch.is_tensor(v) and v.is_floating_point()]
+    if not tensors or torch.stack([torch.isfinite(v).all() for _, v in tensors]).all():  # one sync
+        return []
+    return [k for k, v in tensors if not torch.isfinite(v).all()]
+
+
+def check_finite(step: int, loss: torch.Tensor, module: torch.nn.Module) -> None:
+    """Raise NonFiniteError if ``loss`` or a trainable parameter of ``module`` is NaN or Inf
+    after training step ``step`` (1-based)."""
+    bad = non_finite([("the loss", loss.detach())]) or non_finite(
+        (k, p.detach()) for k, p in module.named_parameters() if p.requires_grad)
+    if bad:
+        raise NonFiniteError(f"step {step}: {', '.join(bad)} became non-finite (NaN or Inf)")
+
+
+# --- the training log ----------------------------------------------------------------------------
+
+class StepLog:
+    """``logs/metrics.csv``: one row per training step, ``step`` (1-based) then its values,
+    appended as each step ends. Opened for a run whose checkpoint holds ``done`` steps, it keeps
+    the rows of steps 1..done and drops later ones (a resumed run runs those steps again) and a
+    last row cut short by a kill, so every step appears exactly once."""
+
+    def __init__(self, path: Path, done: int):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        rows, self.keys = self._read()
+        self._rewrite([r for r in rows if int(r["step"]) <= done])
+
+    def _read(self) -> tuple[list[dict], list[str]]:
+        if not self.path.is_file():
+            return [], ["step"]
+        lines = self.path.read_text().splitlines(keepends=True)
+        lines = [ln for ln in lines if ln.endswith("\n")]  # a row cut short by a kill has no newline
+        reader = csv.DictReader(lines)
+        return [r for r in reader if None not in r.values()], list(reader.fieldnames or ["step"])
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, self.keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write(self.path, buf.getvalue())
+
+    def append(self, step: int, values: dict) -> None:
+        row = {"step": step, **{k: float(v) for k, v in values.items()}}
+        new = [k for k in row if k not in self.keys]
+        if new:  # a value first logged at this step (a scheduled term turning on): a wider header
+            rows, _ = self._read()
+            self.keys += new
+            self._rewrite([*rows, row])
+            return
+        buf = io.StringIO()
+        csv.DictWriter(buf, self.keys, lineterminator="\n").writerow(row)
+        with open(self.path, "a") as f:  # one short write: a kill leaves whole rows or a cut last one
+            f.write(buf.getvalue())

@@ -14,8 +14,9 @@ A 4D run (a dynamic representation) exports sequences: ``mesh_000.glb``, ... and
 ``splat_000.ply``, ... at ``times`` times k / times; its turntable plays the motion once while
 the camera orbits, beside a fixed-view video; its view set shows time 0.
 
-Every file is written atomically (a temporary file, then a rename); a run with no surface fails
-with a one-line ExportError and writes no mesh file.
+Every file is written atomically (a temporary file, then a rename); a run with no surface, a
+checkpoint with non-finite values or an output folder that cannot be created fails with a
+one-line error and writes no file.
 """
 
 from __future__ import annotations
@@ -57,8 +58,15 @@ class ExportConfig:
     times: int = 8  # 4D runs: frames of the mesh and splat sequences (times k / times)
 
     def __post_init__(self):
+        from threedgen.config import check_image_size
+
         if self.grid < 8 or self.texture_size < 8 or self.resolution < 8:
             raise ValueError("grid, texture_size and resolution must be at least 8")
+        if self.grid > 1024:
+            raise ValueError(f"grid: {self.grid} is too large (a {self.grid}^3 grid of density and colour "
+                             f"needs about {self.grid ** 3 * 16 / 2**30:,.0f} GiB; at most 1024)")
+        check_image_size("texture_size", self.texture_size, 1)
+        check_image_size("resolution", self.resolution, self.frames)
         if min(self.frames, self.fps, self.azimuths, self.times) < 1 or not self.elevations:
             raise ValueError("frames, fps, azimuths and times must be positive and elevations non-empty")
         if self.max_faces < 0 or not 0 <= self.min_piece < 1:
@@ -202,7 +210,7 @@ def export(run: Path, formats: list[str], out: Path | None = None,
            opts: ExportConfig = ExportConfig(), representation=None) -> list[Path]:
     """Write ``formats`` of the run at ``run`` into ``out`` (default run/export) -> the files.
     ``representation``: the run's representation when the caller already holds it."""
-    from threedgen.runs import load_representation, load_run_config
+    from threedgen.runs import load_representation, load_run_config, remove_temporaries
 
     if not formats:
         raise ExportError(f"no format given (known: {', '.join(FORMATS)})")
@@ -214,7 +222,11 @@ def export(run: Path, formats: list[str], out: Path | None = None,
     else:
         cfg, rep = load_run_config(Path(run)), representation
     out = Path(out) if out else Path(run) / "export"
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ExportError(f"cannot create the output folder {out} ({e.strerror})") from None
+    remove_temporaries(out)  # left by an export that was killed
     job = Job(cfg, rep.eval(), out, opts)
     files = [path for f in dict.fromkeys(formats) for path in FORMATS[f](job)]
     return list(dict.fromkeys(files))

@@ -23,6 +23,8 @@ its ``encode_images`` expects (renders are resized to it by the guidance), ``has
 from __future__ import annotations
 
 import os
+import re
+import string
 from pathlib import Path
 from typing import Protocol
 
@@ -39,6 +41,18 @@ def cache_root() -> Path:
 
 class PromptError(ValueError):
     """A prompt the prior cannot read (e.g. a word outside a closed vocabulary)."""
+
+
+def prompt_words(prompt: str) -> list[str]:
+    """The words of a prompt, lower-cased, punctuation dropped: how a closed-vocabulary prior
+    reads it, and how evaluation finds its shape and colour ("a red cube." -> a, red, cube)."""
+    return re.findall(r"[\w']+", prompt.lower())
+
+
+def unreadable(prompt: str) -> list[str]:
+    """Characters of a prompt that are neither word characters, spaces nor punctuation (an
+    emoji): a closed-vocabulary prior has no token for them."""
+    return sorted({c for c in prompt if not (c.isspace() or c in string.punctuation or re.match(r"\w", c))})
 
 
 class PriorLoadError(RuntimeError):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -43,7 +42,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer
 
 from threedgen.cameras import Cameras
-from threedgen.priors.base import PriorLoadError, PromptError, cache_root
+from threedgen.priors.base import PriorLoadError, PromptError, cache_root, prompt_words, unreadable
 from threedgen.priors.embedded.model import CAMERA_DIM, PixelShuffleCodec, camera_embedding, frame_text
 from threedgen.priors.mvdream import converted_folder, install_multiview_attention, mvdream_camera
 
@@ -136,14 +135,26 @@ class DiffusionPrior(nn.Module):
 
     # --- text -------------------------------------------------------------------------------------
     def check_prompt(self, prompt: str) -> None:
-        """Raise PromptError for words outside a closed vocabulary (no-op for open ones)."""
-        if self.vocabulary is None:
-            return
-        unknown = [w for w in re.findall(r"[\w']+", prompt.lower()) if w not in self.vocabulary]
-        if unknown:
-            raise PromptError(f"prompt {prompt!r}: unknown word{'s' if len(unknown) > 1 else ''} "
-                              f"{', '.join(map(repr, unknown))}; the prior's vocabulary is: "
-                              f"{', '.join(self.vocabulary)}")
+        """Raise PromptError for a prompt the text encoder would not read whole: words outside a
+        closed vocabulary or characters it has no token for, or more tokens than it reads."""
+        if self.vocabulary is not None:
+            unknown = [w for w in prompt_words(prompt) if w not in self.vocabulary]
+            if unknown:
+                raise PromptError(f"prompt {prompt!r}: unknown word{'s' if len(unknown) > 1 else ''} "
+                                  f"{', '.join(map(repr, unknown))}; the prior's vocabulary is: "
+                                  f"{', '.join(self.vocabulary)}")
+            if unreadable(prompt):
+                raise PromptError(f"prompt {prompt!r}: unreadable character(s) {' '.join(unreadable(prompt))}; "
+                                  "the prior reads words of its vocabulary")
+        for tok in self.tokenizers:
+            n = len(tok(self.text(prompt), verbose=False).input_ids)
+            if n > tok.model_max_length:
+                raise PromptError(f"prompt {prompt!r}: {n} tokens, but the text encoder reads at most "
+                                  f"{tok.model_max_length} (the rest would be cut); shorten it")
+
+    def text(self, prompt: str) -> str:
+        """The text the tokenizer sees: a closed vocabulary's words alone."""
+        return " ".join(prompt_words(prompt)) if self.vocabulary is not None else prompt
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> Tensor:
@@ -151,7 +162,7 @@ class DiffusionPrior(nn.Module):
         module docstring), on the prior's device and dtype."""
         for p in prompts:
             self.check_prompt(p)
-        texts = [p.lower() for p in prompts] if self.vocabulary is not None else prompts
+        texts = [self.text(p) for p in prompts]
         hidden, pooled = [], None
         for te, tok in zip(self.text_encoders, self.tokenizers):
             ids = tok(texts, padding="max_length", truncation=True, max_length=tok.model_max_length,
