@@ -105,3 +105,18 @@ def test_guidance_and_prompt_options_are_validated(tmp_path, override, message):
             C.load([base], [override])
     with pytest.raises(C.ConfigError, match="perp_neg needs view-dependent"):
         C.load([base], ["system.prompts.perp_neg=true", "system.prompts.view_dependent=false"])
+
+
+def test_representations_declare_their_capabilities():
+    """The kinds' capabilities are declared (what export, eval and 4D validation read) and agree
+    with what each class can do."""
+    from threedgen.representations import REPRESENTATIONS
+    from threedgen.representations.gaussians import Gaussians
+
+    for name, cls in REPRESENTATIONS.items():
+        assert cls.dynamic == hasattr(cls, "at_time"), name
+        assert cls.meshed_as in ("triangles", "isosurface"), name
+        assert cls.meshed_as == "triangles" or hasattr(cls, "density_grid"), name
+        assert cls.has_splats == issubclass(cls, Gaussians), name
+    assert [n for n, c in REPRESENTATIONS.items() if c.dynamic] == ["dynamic_gaussians"]
+    assert [n for n, c in REPRESENTATIONS.items() if c.meshed_as == "triangles"] == ["mesh"]

@@ -124,7 +124,7 @@ def cmd_eval(args) -> int:
     c = cfg.system.camera
     view = dict(n_views=args.views, elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
     with torch.no_grad():
-        if hasattr(rep, "at_time"):  # 4D: motion metrics and the shape at every time
+        if rep.dynamic:  # 4D: motion metrics and the shape at every time
             metrics = evaluate_4d(rep, cfg.prompt, classifier, background, **view)
         else:
             metrics = evaluate(lambda cams: rep.render(cams, background), cfg.prompt, classifier, **view)

@@ -310,7 +310,7 @@ class SystemConfig:
         check_representation_size(self.representation)
         if self.video is None:
             return
-        if not hasattr(REPRESENTATIONS[self.representation.name], "at_time"):
+        if not REPRESENTATIONS[self.representation.name].dynamic:
             raise ValueError(f"video: a 4D run needs a dynamic representation (dynamic_gaussians), "
                              f"not {self.representation.name}")
         if GUIDANCE[self.video.guidance.name].trains_model:

@@ -84,7 +84,7 @@ class Job:
     def __init__(self, cfg, rep, out: Path, opts: ExportConfig):
         self.cfg, self.rep, self.out, self.opts = cfg, rep, out, opts
         self.background = torch.tensor(opts.background or cfg.system.background, dtype=torch.float32)
-        self.dynamic = hasattr(rep, "at_time")
+        self.dynamic = rep.dynamic
 
     def orbit(self, n: int, size: int, elevation: float | None = None, time: bool = False):
         """n views around the object at the run's evaluation camera (distance, field of view);
@@ -110,11 +110,10 @@ class Job:
         """suffix -> textured mesh, each with its fidelity against 8 orbit views, reported in
         mesh.json (a 4D run's lists its frames)."""
         from threedgen.export.mesh import SurfaceError, bake_views, fidelity, textured_mesh
-        from threedgen.representations.mesh import Mesh
         from threedgen.runs import atomic_write
 
         o, meshes, c = self.opts, {}, self.cfg.system.camera
-        project = o.bake == "project" or (o.bake == "auto" and not isinstance(self.rep, Mesh))
+        project = o.bake == "project" or (o.bake == "auto" and self.rep.meshed_as == "isosurface")
         views = bake_views(c.eval_distance, c.eval_fov_y) if project else None
         for suffix, time, rep in self.frames:
             try:
@@ -160,9 +159,8 @@ def _ply(m, job: Job, suffix: str) -> list[Path]:
 
 def _splat(job: Job) -> list[Path]:
     from threedgen.export.splat import write_splat_ply
-    from threedgen.representations.gaussians import Gaussians
 
-    if not isinstance(job.rep, Gaussians):
+    if not job.rep.has_splats:
         raise ExportError(f"splat: a {job.cfg.system.representation.name} run has no Gaussians "
                           "(the splat format is for gaussians runs)")
     paths = []

@@ -61,9 +61,8 @@ def extract_surface(rep, grid: int = 128, level: float | None = None, min_piece:
     """(verts [V, 3] float32, faces [F, 3] int64, info) of the representation's surface (module
     doc). Raises SurfaceError when there is none."""
     from threedgen.representations.isosurface import extract_isosurface
-    from threedgen.representations.mesh import Mesh
 
-    if isinstance(rep, Mesh):
+    if rep.meshed_as == "triangles":
         verts, faces = rep.verts.detach().cpu().numpy(), rep.faces.cpu().numpy()
         info = {"source": "mesh"}
     else:

@@ -56,6 +56,8 @@ def time_features(t: Tensor, freqs: int) -> Tensor:
 
 
 class DynamicGaussians(Gaussians):
+    dynamic = True
+
     @dataclass(frozen=True)
     class Config(Gaussians.Config):
         name: Literal["dynamic_gaussians"] = "dynamic_gaussians"

@@ -20,6 +20,10 @@ SH_C0 = 0.28209479177387814  # degree-0 SH basis constant
 
 
 class Gaussians(nn.Module):
+    dynamic = False
+    meshed_as = "isosurface"
+    has_splats = True
+
     @dataclass(frozen=True)
     class Config:
         name: Literal["gaussians"] = "gaussians"

@@ -43,6 +43,10 @@ from threedgen.render.types import RenderOutput
 
 
 class Mesh(nn.Module):
+    dynamic = False
+    meshed_as = "triangles"
+    has_splats = False
+
     @dataclass(frozen=True)
     class Config:
         name: Literal["mesh"] = "mesh"

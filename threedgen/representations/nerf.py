@@ -57,6 +57,10 @@ _ACTIVATIONS = {"softplus": F.softplus, "trunc_exp": trunc_exp}
 
 
 class NeRF(nn.Module):
+    dynamic = False
+    meshed_as = "isosurface"
+    has_splats = False
+
     @dataclass(frozen=True)
     class Config:
         name: Literal["nerf"] = "nerf"

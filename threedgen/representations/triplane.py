@@ -33,6 +33,10 @@ from threedgen.render.volume import render_volume, surface_colour
 from threedgen.representations.nerf import _ACTIVATIONS, opacity_entropy, opacity_sparsity
 
 class Triplane(nn.Module):
+    dynamic = False
+    meshed_as = "isosurface"
+    has_splats = False
+
     @dataclass(frozen=True)
     class Config:
         name: Literal["triplane"] = "triplane"
