@@ -20,33 +20,14 @@ import torch
 
 from systems.text_to_3d import TextTo3D
 from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
-from threedgen.config import ConfigError, PromptConfig, RunConfig
+from threedgen.config import PromptConfig, RunConfig
 from threedgen.evaluate import evaluate_4d
 from threedgen.export.views import write_png, write_video
 from threedgen.guidance import GUIDANCE
-from threedgen.priors.base import prompt_words
-from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
-from threedgen.priors.embedded import world
+from threedgen.priors.diffusion import EMBEDDED_PATH, load_video_prior
 from threedgen.priors.embedded.check import training_azimuth
 from threedgen.priors.embedded.classifier import WorldClassifier
-from threedgen.prompts import PromptProcessor
-
-
-def image_prompt_for(prompt: str, vocabulary: list[str] | None) -> str:
-    """The prompt in an image prior's words: with a closed vocabulary, synonyms mapped
-    (``world.SYNONYMS``: "ball" -> "sphere") and the words it lacks (the motion) dropped."""
-    if vocabulary is None:
-        return prompt
-    words = [world.SYNONYMS.get(w, w) for w in prompt_words(prompt)]
-    return " ".join(w for w in words if w in vocabulary)
-
-
-def load_video_prior(cfg):
-    """The prior a ``PriorConfig`` names, checked to be a text-to-video model."""
-    prior = load_prior(cfg)
-    if not prior.video:
-        raise ConfigError("system.video.prior: not a text-to-video model (its UNet has no time axis)")
-    return prior
+from threedgen.prompts import PromptProcessor, image_prompt_for
 
 
 class TextTo4D(TextTo3D):

@@ -14,7 +14,7 @@ from threedgen.cli import main
 from threedgen.evaluate import motion_amount, motion_correlation, motion_track
 from threedgen.priors.embedded import world
 from threedgen.representations.dynamic_gaussians import DynamicGaussians
-from systems.text_to_4d import image_prompt_for
+from threedgen.prompts import image_prompt_for
 
 CONFIG = str(REPO / "configs" / "4d-gaussians-sds.yaml")
 

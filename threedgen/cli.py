@@ -68,7 +68,8 @@ def cmd_fit(args) -> int:
     prior = load_prior(cfg.system.prior)
     video_prior = None
     if cfg.system.video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
-        from systems.text_to_4d import image_prompt_for, load_video_prior
+        from threedgen.priors.diffusion import load_video_prior
+        from threedgen.prompts import image_prompt_for
 
         video_prior = load_video_prior(cfg.system.video.prior)
         video_prior.check_prompt(cfg.prompt)

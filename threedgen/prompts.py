@@ -24,7 +24,8 @@ from torch import Tensor
 from threedgen.cameras import Cameras
 from threedgen.config import ConfigError, PromptConfig, value_at
 from threedgen.priors.cfg import Conditioning
-from threedgen.priors.base import cache_root
+from threedgen.priors.base import cache_root, prompt_words
+from threedgen.priors.embedded import world
 
 VIEWS = ("front", "side", "back", "overhead")
 
@@ -116,3 +117,12 @@ class PromptProcessor:
                             prior.camera_condition(cameras, B, null=True),
                             negative=None if self.negative is None else expand(self.negative),
                             pose=pose, perp_neg=perp_neg)
+
+
+def image_prompt_for(prompt: str, vocabulary: list[str] | None) -> str:
+    """A 4D prompt in an image prior's words: with a closed vocabulary, synonyms mapped
+    (``world.SYNONYMS``: "ball" -> "sphere") and the words it lacks (the motion) dropped."""
+    if vocabulary is None:
+        return prompt
+    words = [world.SYNONYMS.get(w, w) for w in prompt_words(prompt)]
+    return " ".join(w for w in words if w in vocabulary)

@@ -397,3 +397,11 @@ def load_prior(cfg) -> DiffusionPrior:
             if module is not None:
                 cpu_offload(module, execution_device=torch.device("cuda"))
     return prior
+
+
+def load_video_prior(cfg) -> DiffusionPrior:
+    """The prior a ``PriorConfig`` names, checked to be a text-to-video model."""
+    prior = load_prior(cfg)
+    if not prior.video:
+        raise PriorLoadError("system.video.prior: not a text-to-video model (its UNet has no time axis)")
+    return prior
