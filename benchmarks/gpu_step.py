@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.real_priors import random_parts
+from benchmarks.run import median_time
 from threedgen import config as C
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -102,7 +103,7 @@ def step_parts(system, device: torch.device, repeats: int) -> dict:
 @torch.no_grad()
 def cfg_pair_floor(system, device: torch.device, repeats: int) -> float:
     """Median seconds of one CFG pair through the prior's UNet: the step's B views, conditional
-    and unconditional, in one batch of 2B (``guidance.base.predict_branches``)."""
+    and unconditional, in one batch of 2B (``priors.cfg.predict_branches``)."""
     from threedgen.cameras import sample_cameras
     from threedgen.priors.cfg import predict_branches
 
@@ -113,15 +114,8 @@ def cfg_pair_floor(system, device: torch.device, repeats: int) -> float:
     size = prior.resolution // prior.factor
     x = torch.randn(c.batch_size, prior.unet.config.in_channels, size, size, device=device)
     t = torch.full((c.batch_size,), 500, device=device)
-    times = []
-    for k in range(repeats + 1):
-        _sync(device)
-        t0 = time.perf_counter()
-        predict_branches(prior, x, t, [(cond.text, cond.camera), (cond.uncond, cond.null_camera)])
-        _sync(device)
-        if k:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    branches = [(cond.text, cond.camera), (cond.uncond, cond.null_camera)]
+    return median_time(lambda: (predict_branches(prior, x, t, branches), _sync(device)), repeats)
 
 
 def main(argv=None) -> int:

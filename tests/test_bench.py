@@ -62,7 +62,9 @@ def test_gpu_bench_row_on_the_cpu(capsys, one_thread):
     cells = [c.strip() for c in row[0].strip("|").split("|")]
     step, render, encode, prior, backward, floor, ratio = map(float, cells[3:10])
     assert 0 < render + encode + prior <= step and backward >= 0 and floor > 0
-    assert abs(ratio - step / floor) < 0.01 and cells[11] == "8"  # a CFG pair of 4 views per step
+    # the table prints seconds to 3 decimals and the ratio to 2, from the unrounded times
+    assert abs(ratio - step / floor) <= 0.005 + 0.0005 * (1 + step / floor) / floor
+    assert cells[11] == "8"  # a CFG pair of 4 views per step
 
 
 def test_published_shapes_of_the_other_parts():

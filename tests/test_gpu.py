@@ -31,27 +31,17 @@ RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 FAMILY = {"stabilityai/stable-diffusion-2-1-base": "sd21", "stabilityai/stable-diffusion-xl-base-1.0": "sdxl"}
 
 
-def mvdream_file(folder: Path, base: Path) -> Path:
-    """An MVDream-layout single file (LDM keys, a 16 -> 1280 camera MLP) with random weights
-    over SD 2.1's published UNet shape, as MVDream's sd-v2.1-base-4view.pt is laid out."""
+def mvdream_file(folder: Path) -> Path:
+    """An MVDream-layout single file with random weights over SD 2.1's published UNet shape, as
+    MVDream's sd-v2.1-base-4view.pt is laid out."""
     from diffusers import UNet2DConditionModel
 
-    from benchmarks.real_priors import SD21
-    from tests.tiny_priors import to_ldm_unet
+    from benchmarks.real_priors import FAMILIES
+    from tests.tiny_priors import save_mvdream_file
 
     with torch.device("cuda"):
-        unet = UNet2DConditionModel(**SD21, class_embed_type="projection",
-                                    projection_class_embeddings_input_dim=16).half()
-    state = {k: v.cpu() for k, v in unet.state_dict().items()}
-    camera = {k: state.pop(k) for k in list(state) if k.startswith("class_embedding.")}
-    ldm = {f"model.diffusion_model.{k}": v for k, v in to_ldm_unet(state, SD21["layers_per_block"]).items()}
-    for name, layer in (("0", "linear_1"), ("2", "linear_2")):
-        for p in ("weight", "bias"):
-            ldm[f"model.diffusion_model.camera_embed.{name}.{p}"] = camera[f"class_embedding.{layer}.{p}"]
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": ldm}, folder / "sd-v2.1-base-4view.pt")
-    assert base.is_dir()
-    return folder / "sd-v2.1-base-4view.pt"
+        unet = UNet2DConditionModel(**FAMILIES["mvdream"][0]).half()
+    return save_mvdream_file(unet, folder / "sd-v2.1-base-4view.pt")
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +54,7 @@ def checkpoint(tmp_path_factory):
     def get(family: str) -> Path:
         if family not in made:
             if family == "mvdream":
-                made[family] = mvdream_file(root / "mvdream", get("sd21"))
+                made[family] = mvdream_file(root / "mvdream")
             else:
                 made[family] = save_random_checkpoint(family, root / family, device="cuda")
         return made[family]

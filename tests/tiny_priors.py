@@ -127,15 +127,23 @@ def tiny_mvdream(folder: Path) -> tuple[Path, Path]:
     config = dict(UNet2DConditionModel.load_config(base, subfolder="unet"))
     unet = UNet2DConditionModel.from_config({**config, "class_embed_type": "projection",
                                              "projection_class_embeddings_input_dim": 16})
-    state = unet.state_dict()
+    return save_mvdream_file(unet, folder / "sd-v2.1-base-4view.pt"), base
+
+
+def save_mvdream_file(unet: UNet2DConditionModel, path: Path) -> Path:
+    """A camera-conditioned UNet (class embedding: a 16 -> D MLP) written as MVDream's released
+    single file lays it out: LDM keys under ``model.diffusion_model.``, the MLP as ``camera_embed``."""
+    state = {k: v.cpu() for k, v in unet.state_dict().items()}
     camera = {k: state.pop(k) for k in list(state) if k.startswith("class_embedding.")}
-    ldm = {f"model.diffusion_model.{k}": v for k, v in to_ldm_unet(state, config["layers_per_block"]).items()}
+    ldm = {f"model.diffusion_model.{k}": v
+           for k, v in to_ldm_unet(state, unet.config["layers_per_block"]).items()}
     for name, layer in (("0", "linear_1"), ("2", "linear_2")):
         for p in ("weight", "bias"):
             ldm[f"model.diffusion_model.camera_embed.{name}.{p}"] = camera[f"class_embedding.{layer}.{p}"]
     ldm["cond_stage_model.model.token_embedding.weight"] = torch.zeros(3, 4)  # other parts are ignored
-    torch.save({"state_dict": ldm}, folder / "sd-v2.1-base-4view.pt")
-    return folder / "sd-v2.1-base-4view.pt", base
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": ldm}, path)
+    return path
 
 
 def untrained_video_prior(folder: Path) -> Path:
