@@ -29,6 +29,10 @@ import torch
 from benchmarks.real_priors import random_parts
 from benchmarks.run import median_time
 from threedgen import config as C
+from threedgen.cameras import sample_cameras
+from threedgen.priors.cfg import predict_branches
+from threedgen.priors.diffusion import DiffusionPrior, load_prior
+from systems.text_to_3d import TextTo3D
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # recipe -> the published family its prior has (None: the embedded prior, for a dry run)
@@ -39,9 +43,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def build_system(recipe: str, device: torch.device, run_dir: Path, overrides: list[str] = ()):
     """The recipe's system on ``device`` with a random-weight prior of its published shape."""
-    from systems.text_to_3d import TextTo3D
-    from threedgen.priors.diffusion import DiffusionPrior, load_prior
-
     cfg = C.load([CONFIGS / f"{recipe}.yaml"], ["prompt=a red cube", *overrides])
     family = RECIPES[recipe]
     if family is None:
@@ -104,9 +105,6 @@ def step_parts(system, device: torch.device, repeats: int) -> dict:
 def cfg_pair_floor(system, device: torch.device, repeats: int) -> float:
     """Median seconds of one CFG pair through the prior's UNet: the step's B views, conditional
     and unconditional, in one batch of 2B (``priors.cfg.predict_branches``)."""
-    from threedgen.cameras import sample_cameras
-    from threedgen.priors.cfg import predict_branches
-
     prior, c = system.prior, system.cfg.system.camera
     cams = sample_cameras(c.batch_size, system.ranges, c.resolution, torch.Generator().manual_seed(0),
                           c.views_per_group).to(device)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from threedgen.evaluate import passes
-from threedgen.guidance import GUIDANCE
+from threedgen.world.metrics import passes
+from threedgen.registry import GUIDANCE
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube", "a green cone", "an orange cylinder"]

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from diffusers import UNet2DConditionModel
 
+from threedgen.priors.embedded.model import SPECIAL_TOKENS, build_tokenizer
+
 SD21 = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
             block_out_channels=(320, 640, 1280, 1280), attention_head_dim=(5, 10, 20, 20),
             cross_attention_dim=1024, use_linear_projection=True,
@@ -69,8 +71,6 @@ def random_parts(family: str, dtype: torch.dtype = torch.float32, seed: int = 0,
     billion parameters in seconds)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet3DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    from threedgen.priors.embedded.model import SPECIAL_TOKENS, build_tokenizer
 
     unet_config, vae_size, scaling, encoders = FAMILIES[family]
     torch.manual_seed(seed)

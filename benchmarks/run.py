@@ -23,11 +23,11 @@ import torch
 from benchmarks.gaussians import bench_rasterizer
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import load as load_config
-from threedgen.guidance import GUIDANCE
+from threedgen.registry import GUIDANCE
 from threedgen.config import PromptConfig
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, DiffusionPrior
 from threedgen.prompts import PromptProcessor
-from threedgen.representations import REPRESENTATIONS
+from threedgen.registry import REPRESENTATIONS
 
 
 def median_time(fn, repeats: int) -> float:
@@ -164,7 +164,7 @@ def main(args) -> int:
     row("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms",
         f"@{prior.resolution}^2 (its working resolution), 8 UNet images: the floor of a step")
     sizes = (prior.resolution, 64) if quick else (prior.resolution, 64, 128)
-    static = [n for n, cls in REPRESENTATIONS.items() if not hasattr(cls, "at_time")]
+    static = [n for n, cls in REPRESENTATIONS.items() if not cls.dynamic]
     for name in static:
         for s in sizes:
             t = bench_render(name, s, repeats)

@@ -15,7 +15,13 @@ from torch.utils.data import DataLoader
 from systems.text_to_3d import TextTo3D
 from systems.text_to_4d import TextTo4D
 from threedgen.config import RunConfig
-from threedgen.runs import CKPT, atomic_target
+from threedgen.registry import system_kind
+from threedgen.files import atomic_target
+from threedgen.runs import CKPT
+
+
+# The systems by kind (``registry.system_kind``); they sit above the registry, so their table is here.
+SYSTEMS = {"text_to_3d": TextTo3D, "text_to_4d": TextTo4D}
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -36,24 +42,22 @@ class AtomicCheckpoint(pl.Callback):
             self.save(trainer)
 
 
-def fit(cfg: RunConfig, run_dir: Path, prior=None, ckpt_path: Path | None = None, video_prior=None) -> dict:
+def fit(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None = None, **priors) -> dict:
     """Optimise ``cfg.prompt`` into ``run_dir`` (a 4D run when ``cfg.system.video`` is set);
-    return the final metrics. prior, video_prior: already loaded priors, if any."""
+    return the final metrics. priors: already loaded priors, by the system's argument names
+    (``prior``; a 4D run's ``video_prior``); the system loads the others."""
     threads = torch.get_num_threads()
     try:
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
-        return _fit(cfg, run_dir, prior, ckpt_path, video_prior)
+        return _fit(cfg, run_dir, ckpt_path, priors)
     finally:
         torch.set_num_threads(threads)
 
 
-def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None, video_prior) -> dict:
+def _fit(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None, priors: dict) -> dict:
     pl.seed_everything(cfg.trainer.seed, verbose=False)
-    if cfg.system.video is not None:
-        module = TextTo4D(cfg, run_dir, prior=prior, video_prior=video_prior, initialise=ckpt_path is None)
-    else:
-        module = TextTo3D(cfg, run_dir, prior=prior, initialise=ckpt_path is None)
+    module = SYSTEMS[system_kind(cfg)](cfg, run_dir, initialise=ckpt_path is None, **priors)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # "GPU available", tips; after import: it resets it
     # The module writes logs/metrics.csv itself (runs.StepLog): one row per step, kept on resume.
     bar = [TQDMProgressBar(refresh_rate=10)] if sys.stderr.isatty() else []  # none in logs and pipes

@@ -19,18 +19,17 @@ import torch
 from PIL import Image
 
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
-from threedgen.config import ConfigError, RunConfig, value_at
-from threedgen.evaluate import evaluate
-from threedgen.export import export
+from threedgen.config import RunConfig
+from threedgen.evaluate import evaluate_run
+from threedgen.export.run import export
 from threedgen.export.views import to_uint8, write_png, write_video
-from threedgen.guidance import GUIDANCE
+from threedgen.files import atomic_write
 from threedgen.guidance.base import clip_pixel_grad
-from threedgen.priors.embedded.classifier import WorldClassifier
-from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
+from threedgen.priors.diffusion import load_prior
 from threedgen.prompts import PromptProcessor
-from threedgen.representations import build_representation
-from threedgen.representations.convert import convert
-from threedgen.runs import StepLog, atomic_write, check_finite, load_representation
+from threedgen.registry import build_guidance, build_representation, convert
+from threedgen.runs import StepLog, check_finite, load_representation
+from threedgen.schedules import ConfigError, value_at
 
 log = logging.getLogger("threedgen")
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
@@ -53,7 +52,7 @@ class TextTo3D(pl.LightningModule):
         if s.camera.views_per_group != self.prior.num_views:
             raise ConfigError(f"system.camera.views_per_group: the prior denoises groups of {self.prior.num_views} "
                               f"view(s), got {s.camera.views_per_group}")
-        self.guidance = GUIDANCE[s.guidance.name](s.guidance, self.prior)
+        self.guidance = build_guidance(s.guidance, self.prior)
         self.register_buffer("background", torch.tensor(s.background), persistent=False)
         self.ranges = CameraRanges(s.camera.elevation, s.camera.distance, s.camera.fov_y)
         # Our own step counter, saved in checkpoints: Lightning's global_step counts optimizer
@@ -189,13 +188,8 @@ class TextTo3D(pl.LightningModule):
             Image.fromarray(f).save(test_dir / f"{i:03d}.png")
         write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
 
-    @torch.no_grad()
     def metrics(self) -> dict:
-        c = self.cfg.system.camera
-        classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
-        m = evaluate(lambda cams: self.representation.render(cams, self.background), self.cfg.prompt,
-                     classifier, elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
-        return {**m, **self.timings()}
+        return {**evaluate_run(self.cfg, self.representation, self.background), **self.timings()}
 
     def _totals(self) -> dict:
         """Training seconds, steps and prior evaluations of all sessions so far (a resumed run

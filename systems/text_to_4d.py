@@ -21,13 +21,11 @@ import torch
 from systems.text_to_3d import TextTo3D
 from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
 from threedgen.config import PromptConfig, RunConfig
-from threedgen.evaluate import evaluate_4d
 from threedgen.export.views import write_png, write_video
-from threedgen.guidance import GUIDANCE
-from threedgen.priors.diffusion import EMBEDDED_PATH, load_video_prior
-from threedgen.priors.embedded.check import training_azimuth
-from threedgen.priors.embedded.classifier import WorldClassifier
+from threedgen.priors.diffusion import load_video_prior
 from threedgen.prompts import PromptProcessor, image_prompt_for
+from threedgen.registry import build_guidance
+from threedgen.world.check import training_azimuth
 
 
 class TextTo4D(TextTo3D):
@@ -35,7 +33,7 @@ class TextTo4D(TextTo3D):
         super().__init__(cfg, run_dir, prior=prior, initialise=initialise)
         v = cfg.system.video
         self.video_prior = video_prior if video_prior is not None else load_video_prior(v.prior)
-        self.video_guidance = GUIDANCE[v.guidance.name](v.guidance, self.video_prior)  # checked: trains no model
+        self.video_guidance = build_guidance(v.guidance, self.video_prior)  # checked: trains no model
         negative = self.image_prompt() if v.motion_only_guidance else cfg.negative_prompt
         self.video_prompts = PromptProcessor(self.video_prior, cfg.prompt, negative, PromptConfig(view_dependent=False))
         c = cfg.system.camera
@@ -83,12 +81,3 @@ class TextTo4D(TextTo3D):
         times = torch.arange(t.n_frames, dtype=torch.float32) / t.n_frames
         fixed = make_cameras(c.eval_elevation, 45.0, c.eval_distance, c.eval_fov_y, t.resolution, time=times).to(self.device)
         write_video(test_dir / "fixed.mp4", self.render_frames(fixed), fps=t.fps)
-
-    @torch.no_grad()
-    def metrics(self) -> dict:
-        c = self.cfg.system.camera
-        classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
-        m = evaluate_4d(self.representation, self.cfg.prompt, classifier, self.background,
-                        n_times=self.cfg.test.eval_times, elevation=c.eval_elevation,
-                        distance=c.eval_distance, fov_y=c.eval_fov_y)
-        return {**m, **self.timings()}

@@ -11,8 +11,8 @@ import torch
 from tests.helpers import REPO, TINY, run_dirs
 from threedgen.cameras import make_cameras
 from threedgen.cli import main
-from threedgen.evaluate import motion_amount, motion_correlation, motion_track
-from threedgen.priors.embedded import world
+from threedgen.world.metrics import motion_amount, motion_correlation, motion_track
+from threedgen import world
 from threedgen.representations.dynamic_gaussians import DynamicGaussians
 from threedgen.prompts import image_prompt_for
 
@@ -344,8 +344,8 @@ def test_missing_embedded_video_prior_is_a_one_line_error(tmp_path, capsys, monk
 # --- the video prior's training and classifier, smoke-sized ----------------------------------------
 def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
     from threedgen.priors.diffusion import DiffusionPrior
-    from threedgen.priors.embedded.classifier import ClipClassifier, train_clip_classifier
-    from threedgen.priors.embedded.train import VideoTrainConfig, train_video
+    from threedgen.world.classifier import ClipClassifier, train_clip_classifier
+    from threedgen.world.train import VideoTrainConfig, train_video
 
     train_video(tmp_path / "v", VideoTrainConfig(steps=2, batch_size=2, clips_per_combination=1, save_every=2))
     # ... and on from that folder (an earlier video prior is loaded as it is, not re-inflated)
@@ -378,8 +378,8 @@ def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
 
     from threedgen.priors.diffusion import EMBEDDED_PATH
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded import world
-    from threedgen.priors.embedded.train import TrainConfig, random_cameras
+    from threedgen import world
+    from threedgen.world.train import TrainConfig, random_cameras
 
     image = UNet2DConditionModel.from_pretrained(EMBEDDED_PATH / "unet").eval()
     video = M.inflate(image).eval()
@@ -412,7 +412,7 @@ def test_camera_input_starts_as_a_no_op_then_conditions_the_video_unet(tmp_path)
     from diffusers import UNetMotionModel
 
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded import train as T
+    from threedgen.world import train as T
 
     torch.manual_seed(0)
     blind = UNetMotionModel.from_config({**M.build_video_unet().config, "time_cond_proj_dim": None}).eval()
@@ -446,7 +446,7 @@ def test_video_prior_reads_the_camera_and_the_4d_clip_passes_its_own(tmp_path, u
     from threedgen.config import load
     from threedgen.priors.diffusion import DiffusionPrior
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded.check import training_azimuth
+    from threedgen.world.check import training_azimuth
 
     prior = DiffusionPrior.from_pretrained(untrained_video_prior)
     assert prior.has_camera and prior.camera_dim == M.CAMERA_DIM
@@ -493,8 +493,8 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
     from threedgen.config import PriorConfig
     from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded.check import motion_prompt_gain, trained_random_phase
-    from threedgen.priors.embedded.train import (VideoTrainConfig, clip_times, initial_video_prior, random_cameras,
+    from threedgen.world.check import motion_prompt_gain, trained_random_phase
+    from threedgen.world.train import (VideoTrainConfig, clip_times, initial_video_prior, random_cameras,
                                                  render_clips, text_features, video_vocabulary)
 
     prior = load_prior(PriorConfig(name="embedded_video"))
@@ -550,7 +550,7 @@ def test_snr_shift_divides_the_schedules_snr_and_loads_as_a_diffusers_scheduler(
 
 
 def test_timestep_shift_favours_high_noise_and_one_keeps_uniform():
-    from threedgen.priors.embedded.train import diffusion_loss
+    from threedgen.world.train import diffusion_loss
 
     seen = []
 
@@ -575,7 +575,7 @@ def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rat
     from diffusers import UNet2DConditionModel
 
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded.train import (TrainConfig, VideoTrainConfig, is_temporal,
+    from threedgen.world.train import (TrainConfig, VideoTrainConfig, is_temporal,
                                                  lr_scale, optimise)
 
     unet = M.inflate(UNet2DConditionModel.from_config(M.build_unet().config))
@@ -600,7 +600,7 @@ def test_temporal_layers_are_those_inflation_adds_and_get_their_own_learning_rat
 
 
 def test_high_noise_weight_is_inverse_snr_clamped():
-    from threedgen.priors.embedded.train import diffusion_loss
+    from threedgen.world.train import diffusion_loss
 
     class Zero(torch.nn.Module):  # predicts no noise: the loss is the weighted mean of noise^2
         def forward(self, x, t, text):
@@ -619,7 +619,7 @@ def test_high_noise_weight_is_inverse_snr_clamped():
 
 
 def test_clip_times_from_phase_zero_or_random():
-    from threedgen.priors.embedded.train import clip_times
+    from threedgen.world.train import clip_times
 
     g = torch.Generator().manual_seed(0)
     assert torch.equal(clip_times(3, 8, g, random_phase=False), (torch.arange(8) / 8).expand(3, 8))
@@ -638,11 +638,11 @@ def test_check_prior_video_scores_samples_and_reports_the_gain_per_motion(tmp_pa
     import shutil
 
     from threedgen.priors.diffusion import EMBEDDED_VIDEO_PATH
-    from threedgen.priors.embedded import check, classifier
+    from threedgen.world import check, classifier
 
     shutil.copytree(untrained_video_prior, tmp_path / "prior")
     shutil.copytree(EMBEDDED_VIDEO_PATH / "classifier", tmp_path / "prior" / "classifier")
-    monkeypatch.setattr(classifier, "clip_classifier_accuracy",
+    monkeypatch.setattr(check, "clip_classifier_accuracy",
                         functools.partial(classifier.clip_classifier_accuracy, n=8))
     gain = check.motion_prompt_gain
     monkeypatch.setattr(check, "motion_prompt_gain", lambda prior, **kw: gain(prior, **{**kw, "n": 4}))
@@ -659,7 +659,7 @@ def test_check_prior_video_scores_samples_and_reports_the_gain_per_motion(tmp_pa
 
 
 def test_clip_batch_of_one_motion_draws_only_its_shapes():
-    from threedgen.priors.embedded.classifier import STILL, clip_batch
+    from threedgen.world.classifier import STILL, clip_batch
 
     r, shapes, motions, cams = clip_batch(6, torch.Generator().manual_seed(0), frames=2, motion="spinning")
     assert r.rgb.shape[0] == 12 and len(cams) == 6
@@ -672,7 +672,7 @@ def test_clip_batch_of_one_motion_draws_only_its_shapes():
 
 
 def test_temporal_loss_counts_only_errors_that_change_between_frames():
-    from threedgen.priors.embedded.train import diffusion_loss
+    from threedgen.world.train import diffusion_loss
 
     class Fixed(torch.nn.Module):  # predicts the drawn noise plus a chosen error
         def __init__(self, error):
@@ -698,7 +698,7 @@ def test_temporal_loss_counts_only_errors_that_change_between_frames():
 
 def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrained_video_prior):
     from threedgen.priors.diffusion import DiffusionPrior
-    from threedgen.priors.embedded.check import motion_prompt_gain
+    from threedgen.world.check import motion_prompt_gain
 
     prior = DiffusionPrior.from_pretrained(untrained_video_prior)
     gain = motion_prompt_gain(prior, n=8, timesteps=(500, 900))
@@ -711,7 +711,7 @@ def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrai
 
 def test_camera_gain_is_zero_for_a_prior_blind_to_the_camera(untrained_video_prior):
     from threedgen.priors.diffusion import DiffusionPrior
-    from threedgen.priors.embedded.check import camera_gain
+    from threedgen.world.check import camera_gain
 
     prior = DiffusionPrior.from_pretrained(untrained_video_prior)
     with torch.no_grad():  # a camera input strong enough to matter (untrained, its gain rounds to ~1e-4)
@@ -727,7 +727,7 @@ def test_camera_gain_is_zero_for_a_prior_blind_to_the_camera(untrained_video_pri
 def test_balanced_motions_draw_each_motion_equally_often():
     """With balance_motions every motion (and still) fills a fifth of the batches, spinning
     included, though only 2 of the 26 combinations spin (their share of the clips)."""
-    from threedgen.priors.embedded.train import motion_weights, video_combinations
+    from threedgen.world.train import motion_weights, video_combinations
 
     combos = video_combinations()
     combo = torch.arange(len(combos)).repeat_interleave(3)  # 3 clips of each combination
@@ -770,8 +770,8 @@ def test_video_steps_film_the_clip_from_the_priors_azimuths_or_the_configured_on
 
 
 def test_video_training_films_clips_from_its_azimuth_range_and_records_it(tmp_path, capsys):
-    from threedgen.priors.embedded import check
-    from threedgen.priors.embedded.train import VideoTrainConfig, random_cameras
+    from threedgen.world import check
+    from threedgen.world.train import VideoTrainConfig, random_cameras
 
     cams = random_cameras(200, VideoTrainConfig(), torch.Generator().manual_seed(0))
     assert cams.azimuth.min() >= 30 and cams.azimuth.max() <= 60 and cams.azimuth.std() > 5

@@ -3,7 +3,7 @@
 import pytest
 
 from benchmarks.run import bench_step
-from threedgen.guidance import GUIDANCE
+from threedgen.registry import GUIDANCE
 from threedgen.priors.diffusion import DiffusionPrior
 
 

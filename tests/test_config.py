@@ -1,6 +1,7 @@
 import pytest
 
 from threedgen import config as C
+from threedgen.schedules import value_at
 
 
 def write(tmp_path, text):
@@ -24,8 +25,8 @@ def test_load_with_overrides(tmp_path):
     assert cfg.prompt == "a blue cone" and cfg.name == "recipe"
     assert cfg.system.guidance.guidance_scale == 30.0
     assert isinstance(cfg.system.guidance.t_max, C.Ramp)
-    assert C.value_at(cfg.system.guidance.t_max, 50) == pytest.approx(0.74)
-    assert C.value_at(cfg.system.guidance.t_max, 500) == pytest.approx(0.5)
+    assert value_at(cfg.system.guidance.t_max, 50) == pytest.approx(0.74)
+    assert value_at(cfg.system.guidance.t_max, 500) == pytest.approx(0.5)
     assert cfg.trainer.max_steps == 10
 
 
@@ -60,7 +61,7 @@ def test_every_recipe_validates():
 
 
 def test_weighted_terms_skip_zero_weights_and_follow_ramps():
-    from threedgen.config import Ramp, weighted_terms
+    from threedgen.schedules import Ramp, weighted_terms
 
     def boom():
         raise AssertionError("a loss with weight 0 must not be computed")
@@ -110,7 +111,7 @@ def test_guidance_and_prompt_options_are_validated(tmp_path, override, message):
 def test_representations_declare_their_capabilities():
     """The kinds' capabilities are declared (what export, eval and 4D validation read) and agree
     with what each class can do."""
-    from threedgen.representations import REPRESENTATIONS
+    from threedgen.registry import REPRESENTATIONS
     from threedgen.representations.gaussians import Gaussians
 
     for name, cls in REPRESENTATIONS.items():

@@ -16,7 +16,8 @@ from tests.helpers import TINY
 from tests.test_configs import RECIPES, stand_in_overrides
 from threedgen import config as C
 from threedgen.cameras import Cameras
-from threedgen.export import ExportConfig, export
+from threedgen.export.formats import ExportConfig
+from threedgen.export.run import export
 from threedgen.prompts import PromptProcessor
 from threedgen.render import grids
 from threedgen.runs import save_config

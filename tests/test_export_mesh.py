@@ -15,7 +15,7 @@ from tests.helpers import REPO
 from tests.test_fit import fit
 from threedgen.cameras import make_cameras, orbit
 from threedgen.cli import main
-from threedgen.export import ExportConfig, ExportError, Job
+from threedgen.export.formats import ExportConfig, ExportError, Job
 from threedgen.export.mesh import (SurfaceError, bake_views, extract_surface, fidelity, projected_colours,
                                    textured_mesh, write_glb, write_obj, write_ply)
 from threedgen.export.views import normals_from_depth, transforms, view_cameras
@@ -160,7 +160,7 @@ def test_empty_geometry_fails_in_one_line_and_writes_no_file(tmp_path):
 
     cfg = C.load([REPO / "configs" / "nerf-sds.yaml"], ["prompt=a red cube"])
     job = Job(cfg, two_tone_cube_nerf(empty=True), tmp_path, ExportConfig(grid=32))
-    from threedgen.export import FORMATS
+    from threedgen.registry import FORMATS
 
     for fmt in ("glb", "obj", "ply"):
         with pytest.raises(ExportError) as e:

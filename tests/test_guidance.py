@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from threedgen.cameras import make_cameras
-from threedgen.guidance import GUIDANCE
+from threedgen.registry import GUIDANCE
 from threedgen.guidance.base import ddim_hop, to_prior_input, weight
 from threedgen.priors.cfg import guided_noise, perpendicular, predict_branches
 from threedgen.priors.diffusion import DiffusionPrior

@@ -11,7 +11,7 @@ import pytest
 
 from tests.helpers import REPO
 from tests.test_fit import fit
-from threedgen.evaluate import passes
+from threedgen.world.metrics import passes
 
 METHODS = ["vsd", "esd", "ism", "tsm", "asd", "csds"]
 PROMPTS = ["a red cube", "a green cone", "an orange cylinder"]

@@ -6,7 +6,7 @@ import torch
 import trimesh
 
 from threedgen.representations.isosurface import extract_isosurface, sample_grid
-from threedgen.priors.embedded.world import sd_cube, sd_torus
+from threedgen.world import sd_cube, sd_torus
 from threedgen.render.volume import render_volume
 from threedgen.representations.gaussians import Gaussians
 

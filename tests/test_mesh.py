@@ -10,7 +10,8 @@ import trimesh
 from tests.helpers import REPO
 from tests.test_fit import fit, weights
 from threedgen.cameras import orbit
-from threedgen.config import ConfigError, load
+from threedgen.config import load
+from threedgen.schedules import ConfigError
 from threedgen.representations.mesh import Mesh, UniformAdam, _Smooth
 
 MESH = str(REPO / "configs" / "mesh-sds.yaml")

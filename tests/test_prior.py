@@ -6,8 +6,8 @@ from diffusers import UNet2DConditionModel
 
 from threedgen.cameras import make_cameras
 from threedgen.priors.base import PriorLoadError, PromptError
-from threedgen.priors.embedded import world
-from threedgen.priors.embedded.classifier import WorldClassifier
+from threedgen import world
+from threedgen.world.classifier import WorldClassifier
 from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
 
 
@@ -97,7 +97,7 @@ def test_ddim_samples_show_the_prompt(prior):
     """Full DDIM sampling (25 steps, truncated start at t = 850 from the world's mean image, CFG
     7.5): the classifier reads the prompted shape and colour on nearly every sample, held-out
     combinations (blue cone, green mug) included."""
-    from threedgen.priors.embedded.check import _conditioning, world_mean_latent
+    from threedgen.world.check import _conditioning, world_mean_latent
     from threedgen.priors.sampling import ddim_sample
 
     classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
@@ -153,7 +153,7 @@ def test_check_prior_scores_a_perfect_sampler_fully_on_the_decidable_tests(tmp_p
     import json
 
     from threedgen.cli import main
-    from threedgen.priors.embedded import check
+    from threedgen.world import check
 
     names = {world.prompt_for(s, c): (s, c) for s in world.SHAPES for c in world.COLOURS}
 
@@ -175,7 +175,7 @@ def test_image_prior_training_continues_from_a_prior_folder(tmp_path):
     """train_diffusion with init_from starts from that folder's weights: one step at learning
     rate 0 (the warmup's first step) saves them unchanged (from scratch it would save a fresh
     random UNet)."""
-    from threedgen.priors.embedded.train import PriorTrainConfig, train_diffusion
+    from threedgen.world.train import PriorTrainConfig, train_diffusion
 
     cfg = PriorTrainConfig(steps=1, warmup=10, batch_size=2, renders_per_shape=2,
                            init_from=str(EMBEDDED_PATH), max_loss_weight=5.0)

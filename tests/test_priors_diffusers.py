@@ -65,7 +65,7 @@ def test_video_prior_encodes_clips_per_frame_and_mixes_time(folders):
 
 @pytest.mark.parametrize("method", ["sds", "asd"])
 def test_two_guidance_steps_on_a_clip(folders, method):
-    from threedgen.guidance import GUIDANCE
+    from threedgen.registry import GUIDANCE
     from threedgen.prompts import PromptProcessor
 
     prior = load(folders["video"])

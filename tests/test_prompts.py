@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from threedgen.cameras import make_cameras
-from threedgen.config import ConfigError, PromptConfig, Ramp
+from threedgen.config import PromptConfig
+from threedgen.schedules import ConfigError, Ramp
 from threedgen.priors.base import PromptError
 from threedgen.priors.diffusion import DiffusionPrior
 from threedgen.prompts import VIEWS, PromptProcessor, view_index

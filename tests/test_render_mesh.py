@@ -8,8 +8,8 @@ import torch
 import trimesh
 
 from threedgen.cameras import make_cameras, orbit
-from threedgen.evaluate import iou
-from threedgen.priors.embedded import world
+from threedgen.world.metrics import iou
+from threedgen import world
 from threedgen.render.mesh import mesh_edges, render_mesh
 
 

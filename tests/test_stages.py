@@ -25,13 +25,12 @@ def test_nerf_to_mesh_and_gaussians(tmp_path):
     # the NeRF's silhouette, and its colour grid starts from the NeRF's colours.
     assert mesh.faces.shape[0] != 20 * 4 ** mesh.cfg.subdivisions
     from threedgen.cameras import orbit
-    from threedgen.representations.convert import field_colors
     cams, bg = orbit(4, 20.0, 2.8, 30.0, 48), torch.ones(3)
     with torch.no_grad():
         ma, mb = nerf.render(cams, bg).alpha > 0.5, mesh.render(cams, bg).alpha > 0.5
         assert (ma & mb).sum() / (ma | mb).sum() > 0.85
         v = mesh.verts
-        assert (mesh.albedo(v) - field_colors(nerf, v)).abs().mean() < 0.05
+        assert (mesh.albedo(v) - nerf.colours(v)).abs().mean() < 0.05
 
     gauss_run = fit(tmp_path, "prompt=a red cube", "trainer.max_steps=2", f"init_from={coarse}",
                     "name=splat", "system.representation.n=500", config=GAUSSIANS)
@@ -70,7 +69,7 @@ def test_bad_init_from(tmp_path, capsys):
 def test_gaussians_to_mesh_through_their_density():
     """Gaussians -> mesh: the isosurface of the mixture density renders the splats' silhouette."""
     from threedgen.cameras import orbit
-    from threedgen.representations.convert import convert
+    from threedgen.registry import convert
     from threedgen.representations.gaussians import Gaussians
     from threedgen.representations.mesh import Mesh
 

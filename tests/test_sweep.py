@@ -11,7 +11,7 @@ import json
 import pytest
 
 from tests.test_fit import fit
-from threedgen.evaluate import passes
+from threedgen.world.metrics import passes
 
 PROMPTS = ["a red cube", "a green cone", "a blue torus", "an orange cylinder", "a yellow sphere",
            "a purple mug"]

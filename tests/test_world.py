@@ -1,7 +1,7 @@
 import torch
 
 from threedgen.cameras import make_cameras, orbit
-from threedgen.priors.embedded import world
+from threedgen import world
 
 
 def test_render_shapes_and_determinism():

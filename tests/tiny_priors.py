@@ -149,7 +149,7 @@ def save_mvdream_file(unet: UNet2DConditionModel, path: Path) -> Path:
 def untrained_video_prior(folder: Path) -> Path:
     """The embedded video prior's folder layout and vocabulary, with untrained weights."""
     from threedgen.priors.embedded import model as M
-    from threedgen.priors.embedded import train as T
+    from threedgen.world import train as T
 
     torch.manual_seed(0)
     tok = M.build_tokenizer(T.video_vocabulary())

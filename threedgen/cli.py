@@ -16,6 +16,24 @@ import shutil
 import sys
 from pathlib import Path
 
+import diffusers
+import torch
+import transformers
+
+from threedgen import config as C
+from threedgen import runs
+from threedgen.evaluate import evaluate_run
+from threedgen.export.formats import ExportConfig, ExportError
+from threedgen.export.run import export
+from threedgen.files import WriteError
+from threedgen.priors.base import PriorLoadError, PromptError
+from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, load_prior, load_video_prior
+from threedgen.prompts import image_prompt_for
+from threedgen.registry import FORMATS, check_conversion
+from threedgen.world import classifier as K
+from threedgen.world import train as T
+from threedgen.world.check import check_prior, check_video_prior
+
 
 class UserError(Exception):
     """Raised for bad input; main() prints it as one line and exits 2."""
@@ -28,25 +46,11 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"threedgen: error: {message}; see '{self.prog} -h'\n")
 
 
-def _user_errors():
-    from threedgen.config import ConfigError
-    from threedgen.priors.base import PriorLoadError, PromptError
-    from threedgen.export import ExportError
-    from threedgen.runs import RunError
-
-    return (UserError, ConfigError, PromptError, PriorLoadError, RunError, ExportError)
-
-
-def _faults():
-    from threedgen.runs import NonFiniteError, WriteError
-
-    return (WriteError, NonFiniteError, OSError)
+USER_ERRORS = (UserError, C.ConfigError, PromptError, PriorLoadError, runs.RunError, ExportError)
+FAULTS = (WriteError, runs.NonFiniteError, OSError)
 
 
 def cmd_fit(args) -> int:
-    from threedgen import config as C
-    from threedgen import runs
-
     if args.resume:
         run = Path(args.resume)
         cfg = runs.load_run_config(run)
@@ -63,29 +67,24 @@ def cmd_fit(args) -> int:
         if cfg.init_from:
             _check_init_from(cfg)
     # Check the prompt against the prior's vocabulary before building anything heavy.
-    from threedgen.priors.diffusion import load_prior
-
     prior = load_prior(cfg.system.prior)
-    video_prior = None
+    priors = {"prior": prior}
     if cfg.system.video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
-        from threedgen.priors.diffusion import load_video_prior
-        from threedgen.prompts import image_prompt_for
-
-        video_prior = load_video_prior(cfg.system.video.prior)
+        video_prior = priors["video_prior"] = load_video_prior(cfg.system.video.prior)
         video_prior.check_prompt(cfg.prompt)
         video_prior.check_prompt(cfg.negative_prompt)
         prior.check_prompt(cfg.system.video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
     else:
         prior.check_prompt(cfg.prompt)
     prior.check_prompt(cfg.negative_prompt)
-    from systems.fit import fit
+    from systems.fit import fit  # Lightning (2-3 s to import) only when fitting
 
     if not args.resume:
         run = runs.create_run_dir(cfg)
     try:
         if not args.resume:
             runs.save_config(run, cfg, ["threedgen", *args.argv])
-        metrics = fit(cfg, run, prior=prior, ckpt_path=ckpt, video_prior=video_prior)
+        metrics = fit(cfg, run, ckpt, **priors)
     except BaseException as e:  # also Ctrl-C
         kept = (run / runs.CKPT).is_file()
         if not kept:  # a fresh run without a checkpoint can be neither resumed nor evaluated
@@ -100,9 +99,6 @@ def cmd_fit(args) -> int:
 
 def _check_init_from(cfg) -> None:
     """The earlier stage exists, has a checkpoint, and converts to this representation."""
-    from threedgen import runs
-    from threedgen.representations.convert import check_conversion
-
     source = Path(cfg.init_from)
     source_cfg = runs.load_run_config(source)
     runs.read_checkpoint(runs.checkpoint_path(source))
@@ -110,36 +106,19 @@ def _check_init_from(cfg) -> None:
 
 
 def cmd_eval(args) -> int:
-    from threedgen import runs
-    from threedgen.evaluate import evaluate, evaluate_4d
-    from threedgen.priors.embedded.classifier import WorldClassifier
-    from threedgen.priors.diffusion import EMBEDDED_PATH
-    import torch
-
     if args.views < 1:
         raise UserError(f"eval --views: must be at least 1, got {args.views}")
     run = Path(args.run_dir)
     cfg, rep = runs.load_representation(run)
-    background = torch.tensor(cfg.system.background)
-    classifier = WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
-    c = cfg.system.camera
-    view = dict(n_views=args.views, elevation=c.eval_elevation, distance=c.eval_distance, fov_y=c.eval_fov_y)
-    with torch.no_grad():
-        if rep.dynamic:  # 4D: motion metrics and the shape at every time
-            metrics = evaluate_4d(rep, cfg.prompt, classifier, background, **view)
-        else:
-            metrics = evaluate(lambda cams: rep.render(cams, background), cfg.prompt, classifier, **view)
+    metrics = evaluate_run(cfg, rep, torch.tensor(cfg.system.background), n_views=args.views)
     print(json.dumps(metrics, indent=2))
     return 0
 
 
 def cmd_export(args) -> int:
-    from threedgen.config import from_overrides
-    from threedgen.export import ExportConfig, export
-
     # "--format glb mp4 shading=normal": key=value words after the formats are options too.
     formats = [f for f in args.format if "=" not in f]
-    opts = from_overrides(ExportConfig, [*args.options, *(f for f in args.format if "=" in f)])
+    opts = C.from_overrides(ExportConfig, [*args.options, *(f for f in args.format if "=" in f)])
     for path in export(Path(args.run_dir), formats, Path(args.out) if args.out else None, opts):
         print(path)
     return 0
@@ -153,11 +132,6 @@ VIDEO_TRAIN_OPTIONS = ("timestep_shift", "camera_lr_scale", "temporal_lr_scale",
 
 
 def cmd_train_prior(args) -> int:
-    import torch
-
-    from threedgen.priors.embedded import classifier as K
-    from threedgen.priors.embedded import train as T
-
     # the options given (None / False: not given, the config's default), as config fields
     given = {k: v for k in (*TRAIN_OPTIONS, *VIDEO_TRAIN_OPTIONS)
              if (v := getattr(args, k)) is not None and v is not False}  # "--lr 0" is given (0 == False)
@@ -199,9 +173,6 @@ def cmd_train_prior(args) -> int:
 
 
 def cmd_check_prior(args) -> int:
-    from threedgen.priors.embedded.check import check_prior, check_video_prior
-    from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
-
     t_start = None if args.t_start < 0 else args.t_start
     if args.video:
         result = check_video_prior(Path(args.path) if args.path else EMBEDDED_VIDEO_PATH, Path(args.grid),
@@ -230,12 +201,6 @@ def cmd_bench(args) -> int:
     return bench_main(args)
 
 
-def _export_formats():
-    from threedgen.export import FORMATS
-
-    return FORMATS
-
-
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="threedgen", description="Text-to-3D by score distillation.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -254,12 +219,12 @@ def parser() -> argparse.ArgumentParser:
     x = sub.add_parser("export", help="write a finished run's assets (several formats in one call)")
     x.add_argument("run_dir")
     x.add_argument("--format", nargs="+", required=True, metavar="FORMAT",
-                   help=f"one or more of {', '.join(_export_formats())}. glb / obj / ply: textured "
+                   help=f"one or more of {', '.join(FORMATS)}. glb / obj / ply: textured "
                         "mesh; splat: the Gaussians as a 3DGS .ply; mp4 / gif: turntable; views: "
                         "multi-view set with transforms.json")
     x.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     x.add_argument("options", nargs="*", help="key=value export options, e.g. texture_size=2048 "
-                   "max_faces=20000 shading=normal frames=90 (see threedgen.export.ExportConfig)")
+                   "max_faces=20000 shading=normal frames=90 (see threedgen.export.formats.ExportConfig)")
     x.set_defaults(func=cmd_export)
 
     b = sub.add_parser("bench", help="renderer and step timings, as a table")
@@ -325,17 +290,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
     args.argv = argv
-    import diffusers
-    import transformers
 
     transformers.logging.disable_progress_bar()  # "Loading weights" bars on every prior load
     diffusers.utils.logging.disable_progress_bar()
     try:
         return args.func(args)
-    except _faults() as e:
+    except FAULTS as e:
         print(f"threedgen: error: {e}", file=sys.stderr)
         return 1
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         print(f"threedgen: error: {e}", file=sys.stderr)
         return 2
 

@@ -8,7 +8,8 @@ problem raises ``ConfigError`` with the dotted path, before anything heavy is bu
     system.guidance.guidence_scale: unknown key; did you mean guidance_scale?
 
 Parts chosen by name (``system.representation``, ``system.guidance``) are tagged unions: their
-``name`` picks the dataclass from the tables below, then the rest is checked against it.
+``name`` picks the dataclass from ``threedgen.registry``'s tables, then the rest is checked
+against it.
 Hyper-parameters that change during a run are typed ``Ramp`` objects, not magic lists.
 """
 
@@ -22,96 +23,26 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Union
+from typing import Any, Literal, Union
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A config problem, reported as one line: '<dotted.path>: <what is wrong>'."""
-
-
-# --- schedules ---------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Ramp:
-    """Linear ramp from ``start`` (at step ``begin``) to ``end`` (at step ``until``), constant outside.
-
-    YAML: ``t_max: {start: 0.98, end: 0.5, until: 500}``.
-    """
-
-    start: float
-    end: float
-    until: int
-    begin: int = 0
-
-    def __post_init__(self):
-        if self.until <= self.begin:
-            raise ValueError(f"until ({self.until}) must be greater than begin ({self.begin})")
-
-    def at(self, step: int) -> float:
-        f = min(max((step - self.begin) / (self.until - self.begin), 0.0), 1.0)
-        return self.start + f * (self.end - self.start)
+from threedgen.registry import CONFIG_TABLES, FORMATS, GUIDANCE, REPRESENTATIONS
+from threedgen.schedules import ConfigError, Ramp, Scheduled, check_at_least, check_image_size
 
 
-Scheduled = Union[float, Ramp]
-
-
-def value_at(v: Scheduled, step: int) -> float:
-    """A plain number or a Ramp, evaluated at a training step."""
-    return v.at(step) if isinstance(v, Ramp) else float(v)
-
-
-def weighted_terms(step: int, terms: dict[str, tuple[Scheduled, Callable[[], Any]]]) -> dict[str, Any]:
-    """{name: weight * loss()} for each (weight, loss) whose scheduled weight is non-zero at
-    ``step``; a loss is only computed when its weight is."""
-    weights = {k: value_at(w, step) for k, (w, _) in terms.items()}
-    return {k: weights[k] * loss() for k, (_, loss) in terms.items() if weights[k] > 0}
-
-
-# --- ranges ------------------------------------------------------------------------------------
-
-MAX_IMAGE_SIZE = 4096  # pixels per side of any rendered image
-
-
-def check_image_size(name: str, size: int, count: int) -> None:
-    """``count`` images of ``size`` x ``size`` pixels: at least 8 and at most MAX_IMAGE_SIZE per
-    side; a too large size is refused with the memory its colours alone would take."""
-    if size < 8:
-        raise ValueError(f"{name}: must be at least 8 pixels, got {size}")
-    if size > MAX_IMAGE_SIZE:
-        gib = count * size * size * 3 * 4 / 2**30  # float32 RGB
-        raise ValueError(f"{name}: {size} is too large ({count} image(s) of {size}x{size} need about "
-                         f"{gib:,.0f} GiB for their colours alone; at most {MAX_IMAGE_SIZE})")
-
-
-# float32 numbers each representation allocates, from its config (its grids, planes, Gaussians,
-# vertices and colour grids), and the most a run may ask for: 4 GiB of parameters, 16 GiB with
-# their gradients and Adam's two moments.
-PARAMETERS = {
-    "nerf": lambda c: 4 * c.resolution ** 3,
-    "triplane": lambda c: 3 * c.channels * c.resolution ** 2 + c.occ_resolution ** 3,
-    "mesh": lambda c: 3 * c.texture_resolution ** 3 + 30 * 4 ** c.subdivisions + c.init_resolution ** 3,
-    "gaussians": lambda c: 14 * c.n,
-    "dynamic_gaussians": lambda c: 14 * c.n,
-}
+# The most parameters a run may ask for (``Config.parameters()`` of its representation):
+# 4 GiB of float32, 16 GiB with their gradients and Adam's two moments.
 MAX_PARAMETERS = 2 ** 30
 
 
 def check_representation_size(rep) -> None:
-    n = PARAMETERS[rep.name](rep)
+    n = rep.parameters()
     if n > MAX_PARAMETERS:
         raise ValueError(f"representation: too large (this {rep.name} holds about {n * 4 / 2**30:,.0f} GiB of "
                          f"parameters, {n * 16 / 2**30:,.0f} GiB with gradients and Adam's moments; at most "
                          f"{MAX_PARAMETERS * 4 / 2**30:g} GiB): lower its resolution, n or subdivisions")
-
-
-def check_at_least(obj, low: int, *names: str) -> None:
-    """Each field ``names`` of ``obj`` is an integer >= ``low``."""
-    for name in names:
-        if getattr(obj, name) < low:
-            raise ValueError(f"{name}: must be at least {low}, got {getattr(obj, name)}")
 
 
 # Ranges by field name, the same in every config class (a learning rate means the same thing in
@@ -224,21 +155,11 @@ class TestConfig:
     eval_times: int = 8  # 4D runs: the times at which metrics.json judges the shape
 
     def __post_init__(self):
-        from threedgen.export import FORMATS
-
         check_at_least(self, 1, "n_frames", "fps", "eval_times")
         check_image_size("resolution", self.resolution, self.n_frames)
         unknown = [f for f in self.export if f not in FORMATS]
         if unknown:
             raise ValueError(f"export: unknown format {unknown[0]!r} (known: {', '.join(FORMATS)})")
-
-
-def _tables() -> tuple[dict, dict]:
-    """name -> config dataclass, for representations and guidance (imported late: no cycles)."""
-    from threedgen.guidance import GUIDANCE
-    from threedgen.representations import REPRESENTATIONS
-
-    return ({k: v.Config for k, v in REPRESENTATIONS.items()}, {k: v.Config for k, v in GUIDANCE.items()})
 
 
 @dataclass(frozen=True)
@@ -249,7 +170,8 @@ class VideoConfig:
     rendered at ``resolution`` and scored by ``guidance`` (one diffusion timestep per clip) from
     ``prior``, a text-to-video model. Before ``start`` the canonical object is fitted alone."""
 
-    guidance: Any  # a guidance method's Config, chosen by its ``name`` (methods without their own optimizers)
+    # a guidance method's Config, chosen by its ``name`` (methods without their own optimizers)
+    guidance: Any = field(metadata={"table": "guidance"})
     prior: PriorConfig = field(default_factory=lambda: PriorConfig(name="embedded_video"))
     start: int = 300
     frames: int = 8
@@ -292,8 +214,8 @@ class VideoConfig:
 
 @dataclass(frozen=True)
 class SystemConfig:
-    representation: Any  # a representation's Config, chosen by its ``name``
-    guidance: Any  # a guidance method's Config, chosen by its ``name``
+    representation: Any = field(metadata={"table": "representations"})  # a Config chosen by its ``name``
+    guidance: Any = field(metadata={"table": "guidance"})  # a guidance method's Config, chosen by its ``name``
     prior: PriorConfig = field(default_factory=PriorConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     prompts: PromptConfig = field(default_factory=PromptConfig)
@@ -303,10 +225,6 @@ class SystemConfig:
     video: VideoConfig | None = None  # set: a text-to-4D run (needs a dynamic representation)
 
     def __post_init__(self):
-        from threedgen.representations import REPRESENTATIONS
-
-        from threedgen.guidance import GUIDANCE
-
         check_representation_size(self.representation)
         if self.video is None:
             return
@@ -315,7 +233,8 @@ class SystemConfig:
                              f"not {self.representation.name}")
         if GUIDANCE[self.video.guidance.name].trains_model:
             raise ValueError(f"video.guidance: {self.video.guidance.name} trains its own model; video "
-                             "guidance takes a method without one (sds, ism, tsm, asd, csds)")
+                             "guidance takes a method without one ("
+                             f"{', '.join(k for k, g in GUIDANCE.items() if not g.trains_model)})")
 
 
 @dataclass(frozen=True)
@@ -338,9 +257,6 @@ class RunConfig:
         if not parts or Path(self.name).is_absolute() or ".." in parts:
             raise ValueError(f"name: {self.name!r} is not a plain relative path (runs go to "
                              "<output_dir>/<name>/...; no '..', no leading '/')")
-
-
-TAGGED = {("SystemConfig", "representation"): 0, ("SystemConfig", "guidance"): 1, ("VideoConfig", "guidance"): 1}
 
 
 # --- building dataclasses from plain data ------------------------------------------------------
@@ -416,9 +332,9 @@ def build(cls, data: dict, path: str = ""):
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{p}: missing required value")
             continue
-        tag = TAGGED.get((cls.__name__, name))
-        if tag is not None:
-            kwargs[name] = _build_tagged(_tables()[tag], data[name], p)
+        table = f.metadata.get("table")
+        if table is not None:
+            kwargs[name] = _build_tagged(table, data[name], p)
         else:
             kwargs[name] = _convert(hints[name], data[name], p)
             _check_range(name, kwargs[name], p)
@@ -429,7 +345,9 @@ def build(cls, data: dict, path: str = ""):
         raise ConfigError(f"{prefix}{e}" if named else f"{path or cls.__name__}: {e}") from None
 
 
-def _build_tagged(table: dict, data, path: str):
+def _build_tagged(table_name: str, data, path: str):
+    """A tagged union: ``data["name"]`` picks the Config class from registry.CONFIG_TABLES[table_name]."""
+    table = CONFIG_TABLES[table_name]
     if not isinstance(data, dict) or "name" not in data:
         raise ConfigError(f"{path}.name: missing required value (one of {', '.join(table)})")
     name = data["name"]
@@ -438,7 +356,7 @@ def _build_tagged(table: dict, data, path: str):
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ConfigError(f"{path}.name: unknown {path.rsplit('.', 1)[-1]} {name!r}{hint} "
                           f"(known: {', '.join(table)})")
-    return build(table[name], data, path)
+    return build(table[name].Config, data, path)
 
 
 def to_dict(cfg) -> dict:

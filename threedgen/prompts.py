@@ -22,10 +22,11 @@ import torch
 from torch import Tensor
 
 from threedgen.cameras import Cameras
-from threedgen.config import ConfigError, PromptConfig, value_at
+from threedgen.config import PromptConfig
+from threedgen.schedules import ConfigError, value_at
 from threedgen.priors.cfg import Conditioning
 from threedgen.priors.base import cache_root, prompt_words
-from threedgen.priors.embedded import world
+from threedgen import world
 
 VIEWS = ("front", "side", "back", "overhead")
 

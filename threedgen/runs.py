@@ -12,33 +12,23 @@ one-line WriteError, so a file under its final name is always complete.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
-import os
 import pickle
 import re
-import secrets
 import shlex
 import time
 from pathlib import Path
-from typing import Iterator
 
 import torch
 import yaml
 
 from threedgen import config as C
+from threedgen.files import RunError, atomic_write
+from threedgen.registry import build_representation
 
 CONFIG_FILE, CKPT = "config.yaml", Path("ckpts") / "last.ckpt"
-
-
-class RunError(RuntimeError):
-    """A run folder that cannot be created or used; the message is one line."""
-
-
-class WriteError(RunError):
-    """A file that could not be written (a full disk, a read-only folder); the message is one line."""
 
 
 def slug(prompt: str) -> str:
@@ -66,35 +56,6 @@ def create_run_dir(cfg: C.RunConfig) -> Path:
     except OSError as e:
         raise RunError(f"output folder {parent} is not writable ({e.strerror})") from None
     return run
-
-
-@contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write; renamed over ``path`` when the block ends.
-    An OSError (a full disk, a read-only folder) removes the temporary file, leaves ``path`` as
-    it was and becomes a one-line WriteError."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WriteError(f"cannot write {path} ({e.strerror or e}); {path.name} is left as it was") from None
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` atomically (see the module docstring)."""
-    with atomic_target(path) as tmp, open(tmp, "xb") as f:  # "x": mode 0666 less the umask
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def remove_temporaries(folder: Path) -> None:
-    """Delete the temporary files an interrupted write left under ``folder``."""
-    for tmp in Path(folder).rglob(".*.tmp*"):
-        tmp.unlink()
 
 
 def save_config(run: Path, cfg: C.RunConfig, argv: list[str]) -> None:
@@ -135,8 +96,6 @@ def read_checkpoint(path: Path) -> dict:
 
 def load_representation(run: Path):
     """(config, representation with the run's last weights) from a run folder."""
-    from threedgen.representations import build_representation
-
     cfg = load_run_config(run)
     ckpt = checkpoint_path(run)
     state = read_checkpoint(ckpt)["state_dict"]

@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from threedgen.cameras import Cameras
+from threedgen.cameras import Cameras, make_cameras
 from threedgen.render.mesh import face_normals, project, rasterize
-from threedgen.runs import atomic_write
+from threedgen.representations.isosurface import extract_isosurface
+from threedgen.files import atomic_write
 
 
 class SurfaceError(ValueError):
@@ -60,8 +61,6 @@ def extract_surface(rep, grid: int = 128, level: float | None = None, min_piece:
                     max_faces: int = 0) -> tuple[np.ndarray, np.ndarray, dict]:
     """(verts [V, 3] float32, faces [F, 3] int64, info) of the representation's surface (module
     doc). Raises SurfaceError when there is none."""
-    from threedgen.representations.isosurface import extract_isosurface
-
     if rep.meshed_as == "triangles":
         verts, faces = rep.verts.detach().cpu().numpy(), rep.faces.cpu().numpy()
         info = {"source": "mesh"}
@@ -139,8 +138,6 @@ def texel_positions(uv: np.ndarray, size: int) -> Tensor:
 def bake_views(distance: float, fov_y: float, size: int = 192) -> Cameras:
     """The views a texture is baked from: 12 azimuths (from 10 degrees, off the 22.5-degree grid
     of the fidelity views) at elevations -30, 0, 30 and 60 degrees, at the run's eval camera."""
-    from threedgen.cameras import make_cameras
-
     el, az = torch.meshgrid(torch.tensor([-30.0, 0.0, 30.0, 60.0]), 10.0 + 30.0 * torch.arange(12.0), indexing="ij")
     return make_cameras(el.reshape(-1), az.reshape(-1), distance, fov_y, size)
 

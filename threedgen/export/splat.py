@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from threedgen.representations.gaussians import SH_C0, Gaussians
-from threedgen.runs import atomic_write
+from threedgen.files import atomic_write
 
 
 class SplatError(ValueError):

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from threedgen.cameras import Cameras, make_cameras
 from threedgen.render.types import RenderOutput
-from threedgen.runs import atomic_write
+from threedgen.files import atomic_write
 
 Shading = Literal["rgb", "normal", "depth"]
 

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.guidance.base import Guidance, GuidanceOutput, add_noise, encode_and_draw, output, weight
 from threedgen.guidance.sds import Weighting
 from threedgen.priors.cfg import Conditioning, bcast, guided_noise, predict_branches

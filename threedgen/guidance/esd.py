@@ -18,7 +18,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.guidance.vsd import VSD
 from threedgen.priors.cfg import Conditioning
 

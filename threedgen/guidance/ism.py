@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.guidance.base import (Guidance, GuidanceOutput, ddim_hop, output, draw_timesteps,
                                      to_prior_input, weight)
 from threedgen.guidance.sds import Weighting

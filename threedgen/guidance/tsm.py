@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.guidance.base import ddim_hop
 from threedgen.guidance.ism import ISM
 from threedgen.priors.cfg import Conditioning, bcast

@@ -32,7 +32,7 @@ from diffusers.training_utils import cast_training_params
 from peft import LoraConfig
 from torch import Tensor, nn
 
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.guidance.base import Guidance, GuidanceOutput, add_noise, encode_and_draw, output, weight
 from threedgen.guidance.sds import Weighting
 from threedgen.priors.cfg import Conditioning, bcast, guided_noise

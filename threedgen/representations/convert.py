@@ -1,8 +1,8 @@
 """Stage chaining (``init_from=RUN_DIR``): start a representation from an earlier run's.
 
 The Magic3D / ProlificDreamer workflow: a coarse volumetric stage, then a mesh refined from its
-isosurface. ``CONVERSIONS`` maps (source name, target name) to a function
-``(source, target_cfg, seed) -> target``; a pair that is not in it is an error.
+isosurface. ``threedgen.registry.CONVERSIONS`` maps (source name, target name) to one of the
+functions here, ``(source, target_cfg, seed) -> target``; a pair that is not in it is an error.
 
 - same kind -> same kind: the target (same sizes) starts from the source's weights, e.g. a second
   stage with another guidance or a longer schedule;
@@ -18,27 +18,15 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
 
-from threedgen.config import ConfigError
-from threedgen.representations.isosurface import extract_isosurface
+from threedgen.schedules import ConfigError
 from threedgen.representations.gaussians import Gaussians
+from threedgen.representations.isosurface import extract_isosurface
 from threedgen.representations.mesh import Mesh
-from threedgen.representations.nerf import NeRF
-from threedgen.representations.triplane import Triplane
-
-
-def field_colors(source, points: Tensor) -> Tensor:
-    """points [M, 3] -> the field's rgb [M, 3] there (NeRF or triplane, no empty-space skipping)."""
-    if isinstance(source, NeRF):
-        return source.field(points, skip=False)[1]
-    return source.decode(source.planes, points)[1]
 
 
 def same_kind(source, cfg, seed: int):
-    from threedgen.representations import build_representation
-
-    target = build_representation(cfg, seed=seed)
+    target = type(source).from_config(cfg, seed=seed)
     state = source.state_dict()
     mismatched = [k for k, v in target.state_dict().items() if k in state and state[k].shape != v.shape]
     if mismatched:
@@ -51,11 +39,11 @@ def same_kind(source, cfg, seed: int):
 def mesh_from_density(source, cfg: Mesh.Config, seed: int) -> Mesh:
     verts, faces, _ = extract_isosurface(source, resolution=cfg.init_resolution)
     mesh = Mesh.from_mesh(torch.from_numpy(verts), torch.from_numpy(faces), cfg, seed=seed)
-    if isinstance(source, (NeRF, Triplane)):
+    if source.colour_field:
         R = cfg.texture_resolution
         v = torch.linspace(-cfg.aabb, cfg.aabb, R)
         z, y, x = torch.meshgrid(v, v, v, indexing="ij")  # the texture is indexed [z, y, x]
-        rgb = field_colors(source, torch.stack([x, y, z], -1).reshape(-1, 3))
+        rgb = source.colours(torch.stack([x, y, z], -1).reshape(-1, 3))
         mesh.texture.copy_(torch.logit(rgb, eps=1e-3).t().reshape(1, 3, R, R, R))
     return mesh
 
@@ -69,27 +57,6 @@ def gaussians_from_density(source, cfg: Gaussians.Config, seed: int) -> Gaussian
     points, _ = trimesh.sample.sample_surface_even(surface, cfg.n, seed=seed)
     xyz = torch.as_tensor(points, dtype=torch.float32)
     scale = math.sqrt(surface.area / max(len(xyz), 1)) * 0.5  # about half the spacing
-    g = Gaussians.from_points(xyz, field_colors(source, xyz), scale=scale, opacity=cfg.init_opacity)
+    g = Gaussians.from_points(xyz, source.colours(xyz), scale=scale, opacity=cfg.init_opacity)
     g.cfg = cfg
     return g
-
-
-CONVERSIONS = {
-    ("gaussians", "gaussians"): same_kind, ("nerf", "nerf"): same_kind,
-    ("triplane", "triplane"): same_kind, ("mesh", "mesh"): same_kind,
-    ("nerf", "mesh"): mesh_from_density, ("triplane", "mesh"): mesh_from_density,
-    ("gaussians", "mesh"): mesh_from_density,
-    ("nerf", "gaussians"): gaussians_from_density, ("triplane", "gaussians"): gaussians_from_density,
-}
-
-
-def check_conversion(source_name: str, target_name: str) -> None:
-    if (source_name, target_name) not in CONVERSIONS:
-        known = ", ".join(f"{a} -> {b}" for a, b in CONVERSIONS if a != b)
-        raise ConfigError(f"init_from: cannot start a {target_name} from a {source_name} run (supported: same kind, {known})")
-
-
-def convert(source, target_cfg, seed: int = 0):
-    """A ``target_cfg.name`` representation initialised from ``source`` (see module doc)."""
-    check_conversion(source.cfg.name, target_cfg.name)
-    return CONVERSIONS[source.cfg.name, target_cfg.name](source, target_cfg, seed)

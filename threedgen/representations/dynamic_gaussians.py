@@ -37,7 +37,7 @@ from kornia.geometry.quaternion import Quaternion
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.render.gaussians import render_gaussians
 from threedgen.render.types import RenderOutput
 from threedgen.representations.gaussians import Gaussians

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.render.gaussians import render_gaussians
 from threedgen.render.types import RenderOutput
 
@@ -23,6 +23,7 @@ class Gaussians(nn.Module):
     dynamic = False
     meshed_as = "isosurface"
     has_splats = True
+    colour_field = False
 
     @dataclass(frozen=True)
     class Config:
@@ -46,6 +47,10 @@ class Gaussians(nn.Module):
         opacity_reset_every: int = 0  # 0: never; resets happen only while densifying
         opacity_reset_value: float = 0.01
         lambda_sparsity: Scheduled = 0.0  # mean rendered opacity
+
+        def parameters(self) -> int:
+            """float32 numbers this config allocates (14 floats per Gaussian)."""
+            return 14 * self.n
 
         def __post_init__(self):
             if self.n < 1 or self.init_radius <= 0 or not 0 < self.init_opacity < 1:

@@ -15,7 +15,7 @@ Colour: albedo(x) = sigmoid(T(x)), T a dense R^3 grid of logits spanning [-aabb,
 trilinearly sampled (``F.grid_sample``, align_corners=True, border padding) at the surface point x.
 Shading: rgb = albedo * (ambient + (1 - ambient) * max(0, n . l)), n the face normal, l the
 world-fixed unit direction towards the light. The defaults are the embedded world's light
-(``threedgen.priors.embedded.world``: LIGHT, AMBIENT), whose renders the prior learnt from;
+(``threedgen.world``: LIGHT, AMBIENT), whose renders the prior learnt from;
 ambient = 1 renders the albedo unshaded.
 
 Regularisers (weights are Scheduled): Laplacian smoothness mean_i ||v_i - mean_{j~i} v_j||^2
@@ -37,7 +37,7 @@ import trimesh
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
-from threedgen.config import Scheduled, value_at
+from threedgen.schedules import Scheduled, value_at
 from threedgen.render.mesh import MeshEdges, face_normals, mesh_edges, render_mesh
 from threedgen.render.types import RenderOutput
 
@@ -46,6 +46,7 @@ class Mesh(nn.Module):
     dynamic = False
     meshed_as = "triangles"
     has_splats = False
+    colour_field = False
 
     @dataclass(frozen=True)
     class Config:
@@ -64,6 +65,10 @@ class Mesh(nn.Module):
         lambda_laplacian: Scheduled = 0.0
         lambda_normal: Scheduled = 0.0  # normal consistency
         lambda_edge: Scheduled = 0.0  # edge length uniformity
+
+        def parameters(self) -> int:
+            """float32 numbers this config allocates (colour grid, vertices of the subdivided sphere, initial SDF grid)."""
+            return 3 * self.texture_resolution ** 3 + 30 * 4 ** self.subdivisions + self.init_resolution ** 3
 
         def __post_init__(self):
             if self.radius <= 0 or self.aabb <= 0 or self.sigma <= 0:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
-from threedgen.config import Scheduled, weighted_terms
+from threedgen.schedules import Scheduled, weighted_terms
 from threedgen.render.grids import sample_grid
 from threedgen.render.types import RenderOutput
 from threedgen.render.volume import render_volume, surface_colour
@@ -60,6 +60,7 @@ class NeRF(nn.Module):
     dynamic = False
     meshed_as = "isosurface"
     has_splats = False
+    colour_field = True
 
     @dataclass(frozen=True)
     class Config:
@@ -75,6 +76,10 @@ class NeRF(nn.Module):
         lambda_entropy: Scheduled = 0.0  # binary entropy of opacity (threestudio's loss_opaque)
         lambda_orientation: Scheduled = 0.0  # DreamFusion's; turns on normal rendering
         lambda_tv: Scheduled = 0.0  # smoothness of both grids
+
+        def parameters(self) -> int:
+            """float32 numbers this config allocates (density and colour grid)."""
+            return 4 * self.resolution ** 3
 
         def __post_init__(self):
             if self.resolution < 2 or self.n_samples < 1 or self.aabb <= 0:
@@ -207,6 +212,10 @@ class NeRF(nn.Module):
         return density, torch.sigmoid(raw[:, 1:])
 
     # ------------------------------------------------------------------ rendering / export
+    def colours(self, points: Tensor) -> Tensor:
+        """points [M, 3] -> the field's rgb [M, 3] there (no empty-space skipping)."""
+        return self.field(points, skip=False)[1]
+
     def render(self, cameras: Cameras, background: Tensor, n_samples: int | None = None,
                stratified: bool | None = None, generator: torch.Generator | None = None,
                with_normals: bool | None = None, estimator=None) -> RenderOutput:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
-from threedgen.config import Scheduled, weighted_terms
+from threedgen.schedules import Scheduled, weighted_terms
 from threedgen.render.grids import sample_triplane
 from threedgen.render.types import RenderOutput
 from threedgen.render.volume import render_volume, surface_colour
@@ -36,6 +36,7 @@ class Triplane(nn.Module):
     dynamic = False
     meshed_as = "isosurface"
     has_splats = False
+    colour_field = True
 
     @dataclass(frozen=True)
     class Config:
@@ -59,6 +60,10 @@ class Triplane(nn.Module):
         lambda_sparsity: Scheduled = 0.0
         lambda_entropy: Scheduled = 0.0
         lambda_tv: Scheduled = 0.0  # smoothness of the planes
+
+        def parameters(self) -> int:
+            """float32 numbers this config allocates (planes and occupancy grid)."""
+            return 3 * self.channels * self.resolution ** 2 + self.occ_resolution ** 3
 
         def __post_init__(self):
             if min(self.resolution, self.occ_resolution) < 2 or min(self.channels, self.hidden,
@@ -172,6 +177,10 @@ class Triplane(nn.Module):
 
     def load_weights(self, state: dict[str, Tensor]) -> None:
         self.load_state_dict(state)
+
+    def colours(self, points: Tensor) -> Tensor:
+        """points [M, 3] -> the field's rgb [M, 3] there (no empty-space skipping)."""
+        return self.decode(self.planes, points)[1]
 
     def render(self, cameras: Cameras, background: Tensor, n_samples: int | None = None,
                stratified: bool | None = None, generator: torch.Generator | None = None) -> RenderOutput:

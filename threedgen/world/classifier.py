@@ -19,8 +19,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from threedgen.priors.embedded import world
-from threedgen.priors.embedded.train import (TrainConfig, clip_times, random_cameras, render_clips,
+from threedgen import world
+from threedgen.priors.diffusion import EMBEDDED_PATH
+from threedgen.world.train import (TrainConfig, clip_times, random_cameras, render_clips,
                                              video_combinations)
 
 log = logging.getLogger("threedgen.train_prior")
@@ -56,6 +57,11 @@ class WorldClassifier(ModelMixin, ConfigMixin):
         s, c = self(images)
         return ([self.config.shapes[i] for i in s.argmax(-1).tolist()],
                 [self.config.colours[i] for i in c.argmax(-1).tolist()])
+
+
+def load_world_classifier() -> WorldClassifier:
+    """The shipped classifier of the embedded world (``weights/classifier/``)."""
+    return WorldClassifier.from_pretrained(EMBEDDED_PATH / "classifier")
 
 
 def world_batch(n: int, g: torch.Generator, elevation=(-10.0, 70.0), distance=(2.6, 3.0)):

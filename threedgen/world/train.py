@@ -25,8 +25,9 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from threedgen.cameras import make_cameras
+from threedgen.priors.diffusion import unet_class
 from threedgen.priors.embedded import model as M
-from threedgen.priors.embedded import world
+from threedgen import world
 
 log = logging.getLogger("threedgen.train_prior")
 
@@ -381,7 +382,6 @@ def initial_video_prior(folder: Path, tokenizer, g: torch.Generator):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from threedgen.priors.diffusion import unet_class
 
     meta = json.loads((folder / "world.json").read_text())
     image_vocab, video_vocab = meta["vocabulary"], video_vocabulary()

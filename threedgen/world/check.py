@@ -21,10 +21,12 @@ from PIL import Image
 from torch import Tensor
 
 from threedgen.cameras import make_cameras
-from threedgen.evaluate import iou
+from threedgen.world.metrics import iou
+from threedgen.world.train import video_combinations, video_prompt
 from threedgen.priors.cfg import Conditioning
-from threedgen.priors.embedded import world
-from threedgen.priors.embedded.classifier import WorldClassifier, classifier_accuracy
+from threedgen import world
+from threedgen.world.classifier import (STILL, ClipClassifier, WorldClassifier, classifier_accuracy, clip_batch,
+                                        clip_classifier_accuracy)
 from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
 from threedgen.priors.sampling import ddim_sample
 
@@ -171,7 +173,6 @@ def world_clips(prior: DiffusionPrior, n: int, g: torch.Generator, random_phase:
     """n random world clips (``clip_batch``; motion: of that motion only) in random colours,
     encoded -> (x0 [n, C, T, h, w], shape ids [n], motion ids [n] (0 = still), colour names,
     the clips' cameras)."""
-    from threedgen.priors.embedded.classifier import clip_batch
 
     frames = prior.world["frames"]
     r, shapes, motions, cams = clip_batch(n, g, frames, random_phase=random_phase, motion=motion,
@@ -209,7 +210,6 @@ def motion_prompt_gain(prior: DiffusionPrior, n: int = 48, timesteps=(600, 850, 
     motion (e_true) or none (e_still), both with the clip's camera if the prior takes one. 0: the
     prior ignores the motion words; the word matters where x_t no longer shows the motion, at
     high noise."""
-    from threedgen.priors.embedded.train import video_prompt
 
     g = torch.Generator().manual_seed(seed)
     x0, shapes, motions, colours, cams = world_clips(prior, n, g, trained_random_phase(prior), motion)
@@ -243,7 +243,6 @@ def camera_gain(prior: DiffusionPrior, n: int = 32, timesteps=(600, 850, 950), s
     x0 from x_t on n noised world clips (motion: of that motion only, "still" included), the
     prompt naming each clip's shape, colour and motion; e is the mean squared x0 error with the
     clip's camera or with the null camera. 0 for a camera-blind prior."""
-    from threedgen.priors.embedded.train import video_prompt
 
     g = torch.Generator().manual_seed(seed)
     x0, shapes, motions, colours, cams = world_clips(prior, n, g, trained_random_phase(prior), motion)
@@ -262,8 +261,6 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
     colour drawn at random and from a random camera in the training range, and reports the clip
     classifier's shape, colour and motion accuracy (and all three at once), plus the classifier's
     own accuracy on fresh world clips."""
-    from threedgen.priors.embedded.classifier import STILL, ClipClassifier, clip_classifier_accuracy
-    from threedgen.priors.embedded.train import video_combinations, video_prompt
 
     prior = DiffusionPrior.from_pretrained(path)
     classifier = ClipClassifier.from_pretrained(Path(path) / "classifier")
