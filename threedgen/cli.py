@@ -187,18 +187,15 @@ def cmd_check_prior(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    # The benchmarks import Lightning (2-3 s); only this command needs them.
+    from benchmarks import gpu_step, real_priors, run as bench_run
+
     if args.gpu:
-        from benchmarks.gpu_step import main as gpu_main
-
-        return gpu_main([])
+        return gpu_step.main([])
     if args.prior:
-        from benchmarks.real_priors import sd21_shape_sds_step
-
-        print(sd21_shape_sds_step())
+        print(real_priors.sd21_shape_sds_step())
         return 0
-    from benchmarks.run import main as bench_main
-
-    return bench_main(args)
+    return bench_run.main(args)
 
 
 def parser() -> argparse.ArgumentParser:
