@@ -8,7 +8,6 @@ every piece of math lives in ``threedgen``. Randomness is drawn from a generator
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,7 +30,6 @@ from threedgen.registry import build_guidance, build_representation, convert
 from threedgen.runs import StepLog, check_finite, load_representation
 from threedgen.schedules import ConfigError, value_at
 
-log = logging.getLogger("threedgen")
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
 
 
