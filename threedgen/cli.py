@@ -14,6 +14,7 @@ import json
 import logging
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import diffusers
@@ -22,16 +23,18 @@ import transformers
 
 from threedgen import config as C
 from threedgen import runs
-from threedgen.evaluate import evaluate_run
+from threedgen.evaluate import clip_model_name, evaluate_run, metrics_table, prompt_pool
 from threedgen.export.formats import ExportConfig, ExportError
 from threedgen.export.run import export
-from threedgen.files import WriteError, remove_temporaries
+from threedgen.files import WriteError, atomic_write, remove_temporaries
 from threedgen.priors.base import PriorLoadError, PromptError
+from threedgen.priors.clip import load_clip
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, load_prior, load_video_prior
 from threedgen.prompts import image_prompt_for
 from threedgen.registry import FORMATS, check_conversion
 from threedgen.world import classifier as K
 from threedgen.world import train as T
+from threedgen.world.clip import train_world_clip, world_clip_figures
 from threedgen.world.check import check_prior, check_video_prior
 
 
@@ -106,13 +109,42 @@ def _check_init_from(cfg) -> None:
 
 
 def cmd_eval(args) -> int:
+    # "RUN RUN eval.clip_model=X": key=value words among the run folders are eval settings.
+    folders = [Path(w) for w in args.run_dirs if "=" not in w]
+    overrides = [w for w in args.run_dirs if "=" in w]
+    if args.clip_model:
+        overrides.append(f"eval.clip_model={args.clip_model}")
     if args.views < 1:
         raise UserError(f"eval --views: must be at least 1, got {args.views}")
-    run = Path(args.run_dir)
-    cfg, rep = runs.load_representation(run)
-    metrics = evaluate_run(cfg, rep, torch.tensor(cfg.system.background), n_views=args.views)
-    print(json.dumps(metrics, indent=2))
+    if not folders:
+        raise UserError("eval: no run folder given")
+    other = [o for o in overrides if not o.startswith("eval.")]
+    if other:
+        raise UserError(f"eval: {other[0]}: only eval.* settings can be given (a run keeps the rest of its config)")
+    if args.out and not Path(args.out).parent.is_dir():
+        raise UserError(f"eval --out: the folder {Path(args.out).parent} does not exist")
+    rows = [{"run": str(run), **_eval_run(run, overrides, args.views)} for run in folders]
+    if args.out:
+        atomic_write(Path(args.out), json.dumps(rows, indent=2) + "\n")
+    fmt = args.format or ("json" if len(rows) == 1 else "markdown")
+    if fmt == "json":
+        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+    else:
+        print(metrics_table(rows, fmt), end="")
     return 0
+
+
+def _eval_run(run: Path, overrides: list[str], views: int) -> dict:
+    """evaluate_run on a run folder, its eval section with ``overrides``. A CLIP model or prompt
+    pool named there that cannot be read fails here, in one line, before anything renders."""
+    cfg, rep = runs.load_representation(run)
+    if overrides:
+        cfg = replace(cfg, eval=C.load([run / runs.CONFIG_FILE], overrides).eval)
+    name = clip_model_name(cfg)
+    if name is not None:
+        load_clip(name)
+        prompt_pool(cfg, name)
+    return evaluate_run(cfg, rep, torch.tensor(cfg.system.background), n_views=views)
 
 
 def cmd_export(args) -> int:
@@ -138,6 +170,8 @@ def cmd_train_prior(args) -> int:
     video_only = [f"--{k.replace('_', '-')}" for k in VIDEO_TRAIN_OPTIONS if k in given]
     if video_only and not args.video:
         raise UserError(f"train-prior: {', '.join(video_only)} only apply with --video")
+    if args.part == "clip" and args.video:
+        raise UserError("train-prior --part clip: the world's CLIP reads still images; drop --video")
     if "clips" in given:
         given["clips_per_combination"] = given.pop("clips")
     if given.pop("fixed_phase", False):
@@ -167,6 +201,8 @@ def cmd_train_prior(args) -> int:
         else:
             model = K.train_classifier(out / "classifier", seed=args.seed)
             print(json.dumps({"classifier_accuracy": K.classifier_accuracy(model)}))
+    if args.part in ("all", "clip") and not args.video:
+        print(json.dumps({"clip": world_clip_figures(train_world_clip(out / "clip", seed=args.seed))}))
     ship = "video" if args.video else "weights"
     print(f"saved to {out}; copy it to threedgen/priors/embedded/{ship} to ship it")
     return 0
@@ -208,9 +244,15 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("overrides", nargs="*", help='dotted key=value, e.g. prompt="a red cube" trainer.max_steps=800')
     f.set_defaults(func=cmd_fit)
 
-    e = sub.add_parser("eval", help="fidelity metrics of a finished run, as JSON")
-    e.add_argument("run_dir")
-    e.add_argument("--views", type=int, default=4)
+    e = sub.add_parser("eval", help="metrics of finished runs: JSON for one, a table for several")
+    e.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                   help="run folders, and eval.* settings as key=value (eval.prompt_pool=FILE eval.views=8)")
+    e.add_argument("--views", type=int, default=4, help="orbit views of the embedded world's metrics")
+    e.add_argument("--clip-model", help="CLIP for the CLIP metrics: a hub id, a local folder or 'embedded' "
+                                        "(default: the run's eval.clip_model)")
+    e.add_argument("--format", choices=["json", "markdown", "csv"],
+                   help="what is printed (default: json for one run, a markdown table for several)")
+    e.add_argument("--out", help="also write every run's metrics to this JSON file (a list, one entry a run)")
     e.set_defaults(func=cmd_eval)
 
     x = sub.add_parser("export", help="write a finished run's assets (several formats in one call)")
@@ -218,7 +260,8 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("--format", nargs="+", required=True, metavar="FORMAT",
                    help=f"one or more of {', '.join(FORMATS)}. glb / obj / ply: textured "
                         "mesh; splat: the Gaussians as a 3DGS .ply; mp4 / gif: turntable; views: "
-                        "multi-view set with transforms.json")
+                        "multi-view set with transforms.json; gpteval3d: GPTEval3D's 120 RGB and normal "
+                        "views (prompt_id=N)")
     x.add_argument("--out", help="output folder (default: RUN_DIR/export)")
     x.add_argument("options", nargs="*", help="key=value export options, e.g. texture_size=2048 "
                    "max_faces=20000 shading=normal frames=90 (see threedgen.export.formats.ExportConfig)")
@@ -266,7 +309,8 @@ def parser() -> argparse.ArgumentParser:
                    help="with --video: the clips' camera azimuth range, degrees (default 30 60: the mug's handle in profile)")
     t.add_argument("--clips", type=int,
                    help="with --video: training clips rendered per shape and motion (default 60)")
-    t.add_argument("--part", choices=["all", "diffusion", "classifier"], default="all")
+    t.add_argument("--part", choices=["all", "diffusion", "classifier", "clip"], default="all",
+                   help="all: the diffusion model, its classifier and (not with --video) the world's CLIP")
     t.set_defaults(func=cmd_train_prior)
 
     c = sub.add_parser("check-prior", help="sample the prior and score the samples, as JSON")

@@ -238,6 +238,27 @@ class SystemConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """CLIP metrics of a run (``threedgen.evaluate``): CLIP score and CLIP R-precision from
+    ``views`` views evenly spaced around the evaluation orbit, the first at azimuth 0 (the front).
+
+    clip_model: a hub id ("openai/clip-vit-base-patch32"), a local folder in transformers'
+    CLIPModel layout, "embedded" (the embedded world's CLIP, shipped), "auto" ("embedded" for a
+    run on the embedded prior, none for any other: the world's CLIP knows only the world) or null
+    (no CLIP metrics; ``eval.clip_model=`` on the command line). prompt_pool: a file of distractor
+    prompts, one a line; null: the world's 36 prompts for the embedded CLIP, else the shipped pool
+    (``threedgen/priors/clip_prompts.txt``). views: 8, every 45 degrees, so that the back of the
+    object (a Janus face) counts as much as its front."""
+
+    clip_model: str | None = "auto"
+    prompt_pool: str | None = None
+    views: int = 8
+
+    def __post_init__(self):
+        check_at_least(self, 1, "views")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     prompt: str
     system: SystemConfig
@@ -247,6 +268,7 @@ class RunConfig:
     init_from: str | None = None  # a run folder: start from its representation (stage chaining)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
         if not self.prompt.strip():

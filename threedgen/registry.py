@@ -39,7 +39,8 @@ REPRESENTATIONS = {"gaussians": Gaussians, "mesh": Mesh, "nerf": NeRF, "triplane
 GUIDANCE = {"sds": SDS, "vsd": VSD, "esd": ESD, "ism": ISM, "tsm": TSM, "asd": ASD, "csds": CSDS}
 
 FORMATS = {"glb": F.mesh_format(F.glb), "obj": F.mesh_format(F.obj), "ply": F.mesh_format(F.ply),
-           "splat": F.splat, "mp4": F.turntable("mp4"), "gif": F.turntable("gif"), "views": F.views}
+           "splat": F.splat, "mp4": F.turntable("mp4"), "gif": F.turntable("gif"), "views": F.views,
+           "gpteval3d": F.gpteval3d}
 
 CONVERSIONS = {
     ("gaussians", "gaussians"): Cv.same_kind, ("nerf", "nerf"): Cv.same_kind,
