@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Literal
+from typing import Literal, Protocol
 
 import pytest
 import torch
@@ -21,7 +21,7 @@ def declared(proto: type) -> list[str]:
     """The member names a protocol declares, its protocol bases' included."""
     names = []
     for klass in proto.__mro__:
-        if getattr(klass, "_is_protocol", False) and klass is not P.Protocol:
+        if getattr(klass, "_is_protocol", False) and klass is not Protocol:
             names += [*vars(klass).get("__annotations__", {}), *vars(klass)]
     public = {n for n in names if not n.startswith("_") or n == "__len__"}
     return sorted(public)
