@@ -27,9 +27,9 @@ from threedgen.export.formats import ExportConfig, ExportError
 from threedgen.export.run import export
 from threedgen.files import WriteError
 from threedgen.priors.base import PriorLoadError, PromptError
-from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, load_prior, load_video_prior
+from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
 from threedgen.prompts import image_prompt_for
-from threedgen.registry import FORMATS, check_conversion
+from threedgen.registry import FORMATS, check_conversion, load_prior, load_video_prior
 from threedgen.world import classifier as K
 from threedgen.world import train as T
 from threedgen.world.check import check_prior, check_video_prior
