@@ -31,13 +31,14 @@ from benchmarks.run import median_time
 from threedgen import config as C
 from threedgen.cameras import sample_cameras
 from threedgen.priors.cfg import predict_branches
-from threedgen.priors.diffusion import DiffusionPrior, load_prior
+from threedgen.registry import PRIOR_FAMILIES, load_prior
 from systems.text_to_3d import TextTo3D
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # recipe -> the published family its prior has (None: the embedded prior, for a dry run)
 RECIPES = {"dreamfusion-sd": "sd21", "prolificdreamer": "sd21", "luciddreamer": "sd21", "dreamer-xl": "sdxl",
            "mvdream-sds": "mvdream", "gaussians-sds": None}
+ADAPTERS = {"sd21": "sd", "sdxl": "sdxl", "mvdream": "mvdream"}  # published family -> threedgen.registry.PRIOR_FAMILIES
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -49,9 +50,8 @@ def build_system(recipe: str, device: torch.device, run_dir: Path, overrides: li
         prior = load_prior(cfg.system.prior)
     else:
         parts = random_parts(family, DTYPES[cfg.system.prior.dtype], device=device)
-        prior = DiffusionPrior(parts["unet"], parts["text_encoders"], parts["tokenizers"], parts["scheduler"],
-                               parts["vae"], resolution=cfg.system.prior.resolution,
-                               multiview={"num_views": 4} if family == "mvdream" else None)
+        prior = PRIOR_FAMILIES[ADAPTERS[family]](parts["unet"], parts["text_encoders"], parts["tokenizers"],
+                                                 parts["scheduler"], parts["vae"], resolution=cfg.system.prior.resolution)
     return TextTo3D(cfg, run_dir, prior=prior).to(device)
 
 

@@ -25,9 +25,9 @@ from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import load as load_config
 from threedgen.registry import GUIDANCE
 from threedgen.config import PromptConfig
-from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, DiffusionPrior
+from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
 from threedgen.prompts import PromptProcessor
-from threedgen.registry import REPRESENTATIONS
+from threedgen.registry import REPRESENTATIONS, prior_from_pretrained
 
 
 def median_time(fn, repeats: int) -> float:
@@ -159,7 +159,7 @@ def main(args) -> int:
     def row(case: str, t: str, note: str) -> None:  # printed as measured: the whole bench takes minutes
         print(f"{case:<44}  {t:>9}  {note}", flush=True)
 
-    prior = DiffusionPrior.from_pretrained(EMBEDDED_PATH)
+    prior = prior_from_pretrained(EMBEDDED_PATH)
     p = bench_prior(prior, repeats)
     row("prior CFG evaluation x4 views", f"{p * 1e3:.0f} ms",
         f"@{prior.resolution}^2 (its working resolution), 8 UNet images: the floor of a step")
@@ -192,7 +192,7 @@ def main(args) -> int:
     for name, method in steps:
         step_row(f"{name}+{method} full step @32^2 x4 views", bench_step(name, prior, repeats, method))
     if (EMBEDDED_VIDEO_PATH / "unet").is_dir():
-        video = DiffusionPrior.from_pretrained(EMBEDDED_VIDEO_PATH)
+        video = prior_from_pretrained(EMBEDDED_VIDEO_PATH)
         step_row("4D video step: dynamic gaussians, 8 frames @32^2", bench_4d_step(video, repeats))
     else:
         row("4D video step", "-", f"skipped: no video prior at {EMBEDDED_VIDEO_PATH}")

@@ -24,9 +24,8 @@ from threedgen.export.run import export
 from threedgen.export.views import to_uint8, write_png, write_video
 from threedgen.files import atomic_write
 from threedgen.guidance.base import clip_pixel_grad
-from threedgen.priors.diffusion import load_prior
 from threedgen.prompts import PromptProcessor
-from threedgen.registry import build_guidance, build_representation, convert
+from threedgen.registry import build_guidance, build_representation, convert, load_prior
 from threedgen.runs import StepLog, check_finite, load_representation
 from threedgen.schedules import ConfigError, value_at
 

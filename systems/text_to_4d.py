@@ -22,9 +22,8 @@ from systems.text_to_3d import TextTo3D
 from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
 from threedgen.config import PromptConfig, RunConfig
 from threedgen.export.views import write_png, write_video
-from threedgen.priors.diffusion import load_video_prior
 from threedgen.prompts import PromptProcessor, image_prompt_for
-from threedgen.registry import build_guidance
+from threedgen.registry import build_guidance, load_video_prior
 from threedgen.world.check import training_azimuth
 
 

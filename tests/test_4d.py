@@ -343,7 +343,7 @@ def test_missing_embedded_video_prior_is_a_one_line_error(tmp_path, capsys, monk
 
 # --- the video prior's training and classifier, smoke-sized ----------------------------------------
 def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
-    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.registry import prior_from_pretrained
     from threedgen.world.classifier import ClipClassifier, train_clip_classifier
     from threedgen.world.train import VideoTrainConfig, train_video
 
@@ -352,7 +352,7 @@ def test_train_video_prior_and_clip_classifier_smoke(tmp_path):
     train_video(tmp_path / "v2", VideoTrainConfig(steps=1, batch_size=2, clips_per_combination=1, save_every=1,
                                                   warmup=0, init_from=str(tmp_path / "v"), snr_shift=2.0,
                                                   prediction_type="v_prediction", balance_motions=True))
-    first, second = (DiffusionPrior.from_pretrained(tmp_path / f) for f in ("v", "v2"))
+    first, second = (prior_from_pretrained(tmp_path / f) for f in ("v", "v2"))
     diff = [(a - b).abs().max() for a, b in zip(first.unet.parameters(), second.unet.parameters())]
     assert 0 < max(diff) < 0.05  # one small step away
     assert second.scheduler.config.prediction_type == "v_prediction"  # the schedule it was trained on
@@ -378,6 +378,7 @@ def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
 
     from threedgen.priors.diffusion import EMBEDDED_PATH
     from threedgen.priors.embedded import model as M
+    from threedgen.priors.video import frame_text
     from threedgen import world
     from threedgen.world.train import TrainConfig, random_cameras
 
@@ -391,7 +392,7 @@ def test_inflated_video_unet_starts_as_the_image_prior_frame_by_frame():
     with torch.no_grad():
         per_frame = image(x_t, torch.full((8,), 400), text.expand(8, -1, -1),
                           class_labels=torch.zeros(8, M.CAMERA_DIM)).sample
-        clip_text = M.frame_text(video, text, 8)
+        clip_text = frame_text(video, text, 8)
         clip = video(x_t.transpose(0, 1)[None], torch.tensor([400]), clip_text).sample[0].transpose(0, 1)
         for key, p in video.named_parameters():
             if "motion_modules." in key and ".proj_out." in key:
@@ -444,11 +445,11 @@ def test_video_prior_reads_the_camera_and_the_4d_clip_passes_its_own(tmp_path, u
     from systems.text_to_4d import TextTo4D
     from threedgen.cameras import make_cameras
     from threedgen.config import load
-    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.registry import prior_from_pretrained
     from threedgen.priors.embedded import model as M
     from threedgen.world.check import training_azimuth
 
-    prior = DiffusionPrior.from_pretrained(untrained_video_prior)
+    prior = prior_from_pretrained(untrained_video_prior)
     assert prior.has_camera and prior.camera_dim == M.CAMERA_DIM
     with torch.no_grad():  # an untrained camera input changes little; make it matter
         prior.unet.time_embedding.cond_proj.weight.normal_(0, 3, generator=torch.Generator().manual_seed(0))
@@ -491,8 +492,10 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
     from (model.inflate) at the same noise levels (each at its own schedule's timestep), and uses
     the motion words: they lower its x0 error at high noise (motion_prompt_gain)."""
     from threedgen.config import PriorConfig
-    from threedgen.priors.diffusion import EMBEDDED_PATH, load_prior
+    from threedgen.priors.diffusion import EMBEDDED_PATH
+    from threedgen.registry import load_prior
     from threedgen.priors.embedded import model as M
+    from threedgen.priors.video import frame_text
     from threedgen.world.check import motion_prompt_gain, trained_random_phase
     from threedgen.world.train import (VideoTrainConfig, clip_times, initial_video_prior, random_cameras,
                                                  render_clips, text_features, video_vocabulary)
@@ -521,7 +524,7 @@ def test_shipped_video_prior_loads_offline_and_learnt_more_than_its_frames():
         with torch.no_grad():
             eps = prior.predict_noise(x_t, torch.full((4,), t_shipped), text, prior.camera_condition(cams, 4))
             errors["shipped"] += (eps - noise).square().mean().item()
-            eps0 = start(x_t, torch.full((4,), t), M.frame_text(start, text0, 8)).sample
+            eps0 = start(x_t, torch.full((4,), t), frame_text(start, text0, 8)).sample
             errors["start"] += (eps0 - noise).square().mean().item()
     assert errors["shipped"] < 0.9 * errors["start"], errors
     gain = motion_prompt_gain(prior, n=24, timesteps=(850,))
@@ -697,10 +700,10 @@ def test_temporal_loss_counts_only_errors_that_change_between_frames():
 
 
 def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrained_video_prior):
-    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.registry import prior_from_pretrained
     from threedgen.world.check import motion_prompt_gain
 
-    prior = DiffusionPrior.from_pretrained(untrained_video_prior)
+    prior = prior_from_pretrained(untrained_video_prior)
     gain = motion_prompt_gain(prior, n=8, timesteps=(500, 900))
     assert set(gain) == {500, 900} and all(-1 < g < 1 for g in gain.values())
     # the same prediction whatever the prompt: the motion word gains nothing
@@ -710,10 +713,10 @@ def test_motion_prompt_gain_is_zero_for_a_prior_blind_to_the_motion_words(untrai
 
 
 def test_camera_gain_is_zero_for_a_prior_blind_to_the_camera(untrained_video_prior):
-    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.registry import prior_from_pretrained
     from threedgen.world.check import camera_gain
 
-    prior = DiffusionPrior.from_pretrained(untrained_video_prior)
+    prior = prior_from_pretrained(untrained_video_prior)
     with torch.no_grad():  # a camera input strong enough to matter (untrained, its gain rounds to ~1e-4)
         prior.unet.time_embedding.cond_proj.weight.normal_(0, 3, generator=torch.Generator().manual_seed(0))
     # any sign, and small (~1e-3 to 1e-2 over seeds of the untrained weights): the camera input is random

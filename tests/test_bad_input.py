@@ -337,7 +337,7 @@ def test_one_tokenizer_for_the_vocabulary_check_the_encoder_and_evaluation():
     the prior accepts it and encodes the same text (the period is no unknown token)."""
     from threedgen.config import PriorConfig
     from threedgen.world.metrics import parse_motion, parse_prompt
-    from threedgen.priors.diffusion import load_prior
+    from threedgen.registry import load_prior
 
     assert parse_prompt("a red cube.") == ("cube", "red")
     assert parse_prompt("A blue, ball!") == ("sphere", "blue")

@@ -4,12 +4,12 @@ import pytest
 
 from benchmarks.run import bench_step
 from threedgen.registry import GUIDANCE
-from threedgen.priors.diffusion import DiffusionPrior
+from threedgen.registry import prior_from_pretrained
 
 
 @pytest.fixture(scope="module")
 def prior():
-    return DiffusionPrior.from_pretrained()
+    return prior_from_pretrained()
 
 
 @pytest.mark.parametrize("method", sorted(GUIDANCE))

@@ -113,9 +113,9 @@ def test_sdpa_attention(checkpoint):
     AttnProcessor2_0), the memory-efficient kernel on CUDA."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from threedgen.priors.diffusion import DiffusionPrior
+    from threedgen.registry import prior_from_pretrained
 
-    prior = DiffusionPrior.from_pretrained(checkpoint("sd21"), dtype="float16")
+    prior = prior_from_pretrained(checkpoint("sd21"), dtype="float16")
     assert {type(p) for p in prior.unet.attn_processors.values()} == {AttnProcessor2_0}
 
 

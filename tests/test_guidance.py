@@ -16,13 +16,13 @@ from threedgen.cameras import make_cameras
 from threedgen.registry import GUIDANCE
 from threedgen.guidance.base import ddim_hop, to_prior_input, weight
 from threedgen.priors.cfg import guided_noise, perpendicular, predict_branches
-from threedgen.priors.diffusion import DiffusionPrior
+from threedgen.registry import prior_from_pretrained
 from threedgen.prompts import PromptProcessor
 
 
 @pytest.fixture(scope="module")
 def prior():
-    return DiffusionPrior.from_pretrained()
+    return prior_from_pretrained()
 
 
 @pytest.fixture(scope="module")
@@ -341,7 +341,7 @@ def test_vsd_on_a_half_precision_prior(tmp_path):
     LoRA's loss falls."""
     from tests.tiny_priors import tiny_sd
 
-    prior = DiffusionPrior.from_pretrained(tiny_sd(tmp_path / "sd"), dtype="bfloat16")
+    prior = prior_from_pretrained(tiny_sd(tmp_path / "sd"), dtype="bfloat16")
     cams = make_cameras([10.0, 20.0], [0.0, 180.0], 2.8, 30.0, 16)
     cond = PromptProcessor(prior, "a red cube").conditioning(cams)
     vsd = make(prior, "vsd", lora_lr=3e-3)

@@ -11,7 +11,7 @@ from tests.tiny_priors import tiny_mvdream
 from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
 from threedgen.config import PriorConfig
 from threedgen.priors.base import PriorLoadError
-from threedgen.priors.diffusion import load_prior
+from threedgen.registry import PRIOR_FAMILIES, load_prior
 from threedgen.priors.mvdream import MultiViewAttnProcessor, convert_mvdream_checkpoint
 
 
@@ -41,6 +41,10 @@ def test_conversion_is_exact_and_complete(checkpoint, prior):
     procs = prior.unet.attn_processors
     assert all(isinstance(p, MultiViewAttnProcessor) == n.endswith("attn1.processor") for n, p in procs.items())
     assert any(isinstance(p, MultiViewAttnProcessor) for p in procs.values())
+
+
+def test_the_converted_folder_is_detected_as_mvdream(prior):
+    assert type(prior) is PRIOR_FAMILIES["mvdream"]  # by its multiview.json
 
 
 def test_not_an_mvdream_file_is_refused(tmp_path, checkpoint):

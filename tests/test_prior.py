@@ -8,12 +8,13 @@ from threedgen.cameras import make_cameras
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen import world
 from threedgen.world.classifier import WorldClassifier
-from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
+from threedgen.priors.diffusion import EMBEDDED_PATH
+from threedgen.registry import prior_from_pretrained
 
 
 @pytest.fixture(scope="module")
 def prior():
-    return DiffusionPrior.from_pretrained(EMBEDDED_PATH)
+    return prior_from_pretrained(EMBEDDED_PATH)
 
 
 def test_loads_like_stable_diffusion(prior, monkeypatch):
@@ -90,7 +91,7 @@ def test_broken_weights_raise(tmp_path, damage):
     else:
         weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(PriorLoadError, match="unet"):
-        DiffusionPrior.from_pretrained(broken)
+        prior_from_pretrained(broken)
 
 
 def test_ddim_samples_show_the_prompt(prior):
@@ -183,7 +184,7 @@ def test_image_prior_training_continues_from_a_prior_folder(tmp_path):
     before = UNet2DConditionModel.from_pretrained(EMBEDDED_PATH / "unet").state_dict()
     after = UNet2DConditionModel.from_pretrained(tmp_path / "ft" / "unet").state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-    assert DiffusionPrior.from_pretrained(tmp_path / "ft").world["training"]["max_loss_weight"] == 5.0
+    assert prior_from_pretrained(tmp_path / "ft").world["training"]["max_loss_weight"] == 5.0
 
 
 @pytest.mark.parametrize("source", ["missing", "video"])

@@ -11,8 +11,9 @@ from tests.test_fit import fit
 from tests.tiny_priors import FAMILIES, tiny_sd
 from threedgen.cli import main
 from threedgen.config import PriorConfig, PromptConfig
-from threedgen.priors.base import PriorLoadError
-from threedgen.priors.diffusion import load_prior
+from threedgen.priors.base import Prior, PriorLoadError
+from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
+from threedgen.registry import PRIOR_FAMILIES, load_prior, prior_family, prior_from_pretrained
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +26,22 @@ def folders(tmp_path_factory):
 
 def load(folder, **kw):
     return load_prior(PriorConfig(name="diffusers", path=str(folder), **kw))
+
+
+def test_each_checkpoint_is_detected_as_its_family(folders):
+    """The registry's table picks the adapter from the folder's configs (MVDream: test_mvdream)."""
+    want = {"sd": "sd", "sd-v": "sd", "sdxl": "sdxl", "pixel": "pixel", "video": "video"}
+    assert {k: prior_family(folders[k]) for k in want} == {k: PRIOR_FAMILIES[v] for k, v in want.items()}
+    assert prior_family(EMBEDDED_PATH) is PRIOR_FAMILIES["embedded"]
+    assert prior_family(EMBEDDED_VIDEO_PATH) is PRIOR_FAMILIES["embedded_video"]
+
+
+def test_every_family_has_every_member_of_the_protocol(folders):
+    members = {n for n in vars(Prior) if not n.startswith("_")} | set(Prior.__annotations__)
+    priors = [load(folders[k]) for k in ("sd", "sdxl", "pixel", "video")]
+    priors += [prior_from_pretrained(EMBEDDED_PATH), prior_from_pretrained(EMBEDDED_VIDEO_PATH)]
+    assert {type(p).__name__: sorted(m for m in members if not hasattr(p, m)) for p in priors} == \
+        {type(p).__name__: [] for p in priors}
 
 
 @pytest.mark.parametrize("family, resolution, channels, text_shape", [

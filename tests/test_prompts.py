@@ -7,7 +7,7 @@ from threedgen.cameras import make_cameras
 from threedgen.config import PromptConfig
 from threedgen.schedules import ConfigError, Ramp
 from threedgen.priors.base import PromptError
-from threedgen.priors.diffusion import DiffusionPrior
+from threedgen.registry import prior_from_pretrained
 from threedgen.prompts import VIEWS, PromptProcessor, view_index
 
 
@@ -84,7 +84,7 @@ def test_perp_neg_pushes_away_from_the_other_side():
 
 
 def test_camera_conditioned_prior_has_no_view_prompts_and_refuses_perp_neg():
-    prior = DiffusionPrior.from_pretrained()
+    prior = prior_from_pretrained()
     cond = PromptProcessor(prior, "a red cube").conditioning(CAMS)
     assert torch.equal(cond.text[0], cond.text[2])  # no view suffix
     with pytest.raises(ConfigError, match="perp_neg: needs view-dependent"):
@@ -113,7 +113,7 @@ def test_embeddings_are_cached_on_disk_by_model_and_prompt(cache):
 
 
 def test_real_prior_cache_matches_fresh_encoding():
-    prior = DiffusionPrior.from_pretrained()
+    prior = prior_from_pretrained()
     fresh = prior.encode_prompts(["a blue torus"])
     PromptProcessor(prior, "a blue torus")
     cached = PromptProcessor(prior, "a blue torus").text

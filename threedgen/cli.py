@@ -29,9 +29,9 @@ from threedgen.export.run import export
 from threedgen.files import WriteError, atomic_write, remove_temporaries
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.clip import load_clip
-from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, load_prior, load_video_prior
+from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
 from threedgen.prompts import image_prompt_for
-from threedgen.registry import FORMATS, check_conversion
+from threedgen.registry import FORMATS, check_conversion, load_prior, load_video_prior
 from threedgen.world import classifier as K
 from threedgen.world import train as T
 from threedgen.world.clip import train_world_clip, world_clip_figures

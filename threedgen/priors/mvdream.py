@@ -9,8 +9,8 @@ In diffusers terms an MVDream UNet is a ``UNet2DConditionModel`` with
 - self-attention across the views of a group: ``MultiViewAttnProcessor`` on every ``attn1``
   concatenates the tokens of the group's V views, so each view attends to all of them.
 
-A converted folder is Stable Diffusion's layout plus ``multiview.json`` ({"num_views": 4}), which
-``DiffusionPrior`` reads to install the processor and the camera convention.
+A converted folder is Stable Diffusion's layout plus ``multiview.json`` ({"num_views": 4}): the
+``MVDream`` family detects it, installs the processor and feeds each view's camera.
 ``convert_mvdream_checkpoint`` turns MVDream's released single file (LDM keys
 ``model.diffusion_model.*``, ``camera_embed.0/2``) into such a folder; the VAE, text encoder,
 tokenizer and scheduler, which MVDream did not train, come from a Stable Diffusion 2.1 base folder.
@@ -31,8 +31,11 @@ from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import Tensor
 
 from threedgen.cameras import Cameras
-from threedgen.priors.base import PriorLoadError
+from threedgen.priors.base import PriorLoadError, cache_root
+from threedgen.priors.diffusion import read_config, resolve_checkpoint, resolve_file
+from threedgen.priors.sd import StableDiffusion
 
+MULTIVIEW = "multiview.json"
 LDM_PREFIX = "model.diffusion_model."
 CAMERA_KEYS = {"camera_embed.0.weight": "class_embedding.linear_1.weight",
                "camera_embed.0.bias": "class_embedding.linear_1.bias",
@@ -111,7 +114,7 @@ def convert_mvdream_checkpoint(checkpoint: Path, base: Path, out: Path, num_view
     for part in ("vae", "text_encoder", "tokenizer", "scheduler"):
         shutil.copytree(base / part, tmp / part)
     unet.save_pretrained(tmp / "unet")
-    (tmp / "multiview.json").write_text(json.dumps({"num_views": num_views}))
+    (tmp / MULTIVIEW).write_text(json.dumps({"num_views": num_views}))
     tmp.replace(out)
     return out
 
@@ -121,4 +124,38 @@ def converted_folder(checkpoint: Path, base: Path, cache: Path) -> Path:
     st = checkpoint.stat()
     key = hashlib.sha256(f"{checkpoint.resolve()}|{st.st_size}|{st.st_mtime_ns}|{base.resolve()}".encode()).hexdigest()[:16]
     out = cache / f"mvdream-{key}"
-    return out if (out / "multiview.json").is_file() else convert_mvdream_checkpoint(checkpoint, base, out)
+    return out if (out / MULTIVIEW).is_file() else convert_mvdream_checkpoint(checkpoint, base, out)
+
+
+def mvdream_folder(cfg) -> Path:
+    """name: mvdream (threedgen.registry.PRIOR_SOURCES): MVDream's single file ``cfg.path`` and
+    the Stable Diffusion 2.1 base ``cfg.base`` -> their converted folder, made once."""
+    return converted_folder(resolve_file(cfg.path), resolve_checkpoint(cfg.base), cache_root() / "priors")
+
+
+class MVDream(StableDiffusion):
+    """SD 2.1's latents and text, each view's camera [B, 16] as the class label, self-attention
+    across each group of ``num_views`` consecutive images. MVDream has no null camera: CFG's
+    unconditional branch sees the cameras too."""
+
+    has_camera, camera_dim = True, 16
+
+    def __init__(self, unet: UNet2DConditionModel, text_encoders: list, tokenizers: list, scheduler, vae,
+                 resolution: int | None = None, num_views: int = 4):
+        super().__init__(unet, text_encoders, tokenizers, scheduler, vae, resolution)
+        self.num_views = num_views
+        install_multiview_attention(self.unet, num_views)
+
+    @staticmethod
+    def detects(folder: Path) -> bool:
+        return (folder / MULTIVIEW).is_file()
+
+    @classmethod
+    def load_parts(cls, folder: Path, dtype: torch.dtype) -> dict:
+        return {**super().load_parts(folder, dtype), "num_views": read_config(folder, MULTIVIEW)["num_views"]}
+
+    def camera_condition(self, cameras: Cameras | None, batch: int, null: bool = False) -> Tensor:
+        """[B] cameras -> [B, 16] (``mvdream_camera``), for ``null`` too."""
+        if cameras is None:
+            raise ValueError("a multi-view prior needs the views' cameras")
+        return mvdream_camera(cameras).to(self.alphas_cumprod.device)

@@ -28,6 +28,7 @@ from threedgen import world
 from threedgen.world.classifier import (STILL, ClipClassifier, WorldClassifier, classifier_accuracy, clip_batch,
                                         clip_classifier_accuracy)
 from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
+from threedgen.priors.embedded.prior import Embedded, EmbeddedVideo
 from threedgen.priors.sampling import ddim_sample
 
 
@@ -89,7 +90,7 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
                 t_start: int | None = 850) -> dict:
     """t_start: DDIM's truncated start from the world's mean image (``ddim_sample``); None samples
     from pure noise at the top of the schedule."""
-    prior = DiffusionPrior.from_pretrained(path)
+    prior = Embedded.from_pretrained(path)
     mean = world_mean_latent(prior) if t_start is not None else None
     classifier = WorldClassifier.from_pretrained(Path(path) / "classifier")
     g = torch.Generator().manual_seed(seed)
@@ -262,7 +263,7 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
     classifier's shape, colour and motion accuracy (and all three at once), plus the classifier's
     own accuracy on fresh world clips."""
 
-    prior = DiffusionPrior.from_pretrained(path)
+    prior = EmbeddedVideo.from_pretrained(path)
     classifier = ClipClassifier.from_pretrained(Path(path) / "classifier")
     g = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)

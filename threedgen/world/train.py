@@ -25,7 +25,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from threedgen.cameras import make_cameras
-from threedgen.priors.diffusion import unet_class
+from threedgen.priors.video import frame_text, video_unet_class
 from threedgen.priors.embedded import model as M
 from threedgen import world
 
@@ -388,7 +388,7 @@ def initial_video_prior(folder: Path, tokenizer, g: torch.Generator):
     if "motions" in meta:  # an earlier video prior
         if image_vocab != video_vocab:
             raise ValueError(f"{folder}: its vocabulary {image_vocab} is not the video vocabulary")
-        unet = unet_class(folder).from_pretrained(folder / "unet", torch_dtype=torch.float32)
+        unet = video_unet_class(folder).from_pretrained(folder / "unet", torch_dtype=torch.float32)
         return CLIPTextModel.from_pretrained(folder / "text_encoder"), M.with_camera_input(unet)
     if video_vocab[:len(image_vocab)] != image_vocab:
         raise ValueError(f"{folder}: its vocabulary {image_vocab} does not start the video vocabulary")
@@ -456,7 +456,7 @@ def train_video(out: Path, cfg: VideoTrainConfig) -> None:
         x0 = codec.encode(rgb).unflatten(0, (cfg.batch_size, T)).transpose(1, 2)  # [B, C, T, h, w]
         prompts = ["" if rng.random() < cfg.text_dropout else video_prompt(c, s, m, rng)
                    for c, (s, m) in zip(colours, combos)]
-        text = M.frame_text(unet, text_features(tokenizer, text_encoder, prompts), T)
+        text = frame_text(unet, text_features(tokenizer, text_encoder, prompts), T)
         camera = data["camera"][idx] * (torch.rand(cfg.batch_size, 1, generator=g) >= cfg.camera_dropout)
         return diffusion_loss(unet, alphas, x0, text, g, timestep_cond=camera,
                               timestep_shift=cfg.timestep_shift, max_weight=cfg.max_loss_weight,

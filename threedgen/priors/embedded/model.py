@@ -182,14 +182,6 @@ def inflate(image_unet: UNet2DConditionModel) -> UNetMotionModel:
     return with_camera_input(_with_motion(spatial))
 
 
-def frame_text(unet, text: Tensor, frames: int) -> Tensor:
-    """The text rows a video UNet takes for clips of ``frames`` frames: text [B, L, D] as it is for
-    a UNet3DConditionModel, repeated per frame [B * T, L, D] for a UNetMotionModel (whose forward
-    folds the frames into the batch and, unlike diffusers' AnimateDiff pipeline, leaves the
-    repeat to the caller)."""
-    return text.repeat_interleave(frames, 0) if isinstance(unet, UNetMotionModel) else text
-
-
 def build_scheduler(prediction_type: str = "epsilon", snr_shift: float = 1.0) -> DDPMScheduler:
     """diffusers' squaredcos ("cosine") schedule over 1000 steps; ``snr_shift`` k > 1 divides its
     signal-to-noise ratio by k^2 at every step (log SNR shifted by -2 ln k, "simple diffusion"),
