@@ -12,7 +12,7 @@ classes and functions. Adding a kind is one file plus one entry here (and a reci
   ``threedgen/representations/convert.py``.
 
 Systems (the Lightning glue) sit above this module, since they read the config; which one a run
-takes is decided here too (``system_kind``), and ``systems.fit`` maps the kind to its class.
+takes is decided here too (``system_kind``), and ``threedgen.systems.fit`` maps the kind to its class.
 """
 
 from __future__ import annotations
