@@ -18,11 +18,6 @@ from threedgen.cli import main, parser
 SMALL = {"test__n_frames": 4, "test__resolution": 32, "trainer__val_every": 0, "test__export": [], "test__eval_times": 2}
 
 
-@pytest.fixture(scope="module")
-def api_run(tmp_path_factory):
-    return threedgen.fit("a red cube", trainer__max_steps=2, output_dir=tmp_path_factory.mktemp("api"), **SMALL)
-
-
 def test_keyword_overrides_are_the_cli_overrides():
     assert dotted(SMALL) == TINY
     assert dotted({"prompt": 'a "red": cube', "system__prior__path": None, "x": REPO}) == [
@@ -47,10 +42,12 @@ def test_import_is_cheap():
         threedgen.nope
 
 
-def test_fit_through_the_api(api_run):
+def test_fit_export_evaluate_open(tmp_path, capsys):
     """A 2-step fit of the default recipe: a run folder with the config asked for, the metrics
-    the run wrote, and a cmd.txt that replays as the same config through the CLI."""
-    run = api_run
+    the run wrote, and a cmd.txt that replays as the same config through the CLI. run.export
+    writes the files the CLI's export writes; run.evaluate gives the CLI's eval numbers;
+    Run.open reads the run folder back. (One test: a fit is the expensive part.)"""
+    run = threedgen.fit("a red cube", trainer__max_steps=2, output_dir=tmp_path / "out", **SMALL)
     assert run.path.is_dir() and run.path.parent.name == "gaussians-sds"
     assert run.config.prompt == "a red cube" and run.config.trainer.max_steps == 2
     assert run.config.test.export == () and run.config.name == "gaussians-sds"
@@ -61,24 +58,20 @@ def test_fit_through_the_api(api_run):
     args = parser().parse_args(argv[1:])
     assert C.load(args.config, args.overrides) == run.config
 
-
-def test_export_evaluate_and_open(api_run, tmp_path, capsys):
-    """run.export writes the files the CLI's export writes; run.evaluate gives the CLI's eval
-    numbers; Run.open reads an existing run folder back."""
-    files = api_run.export(["splat", "gif"], out=tmp_path / "api", frames=2, resolution=32)
+    files = run.export(["splat", "gif"], out=tmp_path / "api", frames=2, resolution=32)
     assert [f.name for f in files] == ["splat.ply", "turntable.gif"] and all(f.is_file() for f in files)
-    assert main(["export", str(api_run.path), "--format", "splat", "--out", str(tmp_path / "cli")]) == 0
+    assert main(["export", str(run.path), "--format", "splat", "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "splat.ply").read_bytes() == files[0].read_bytes()
 
-    metrics = api_run.evaluate(views=2)
+    metrics = run.evaluate(views=2)
     assert metrics["views"] == 2 and "iou" in metrics
     capsys.readouterr()
-    assert main(["eval", str(api_run.path), "--views", "2"]) == 0
+    assert main(["eval", str(run.path), "--views", "2"]) == 0
     assert json.loads(capsys.readouterr().out) == metrics
 
-    opened = threedgen.Run.open(str(api_run.path))
-    assert opened.path == api_run.path and opened.config == api_run.config
-    assert opened.metrics == api_run.metrics
+    opened = threedgen.Run.open(str(run.path))
+    assert opened.path == run.path and opened.config == run.config
+    assert opened.metrics == run.metrics
     assert opened.evaluate(views=2) == metrics
 
 
@@ -91,10 +84,15 @@ def cli_error(capsys, argv: list[str]) -> str:
     return err[len("threedgen: error: "):-1]
 
 
-def test_bad_input_raises_the_cli_errors(api_run, tmp_path, capsys):
+def test_bad_input_raises_the_cli_errors(tmp_path, capsys):
     """Each mistake raises the exception whose message is the CLI's one line, and a fit that
-    fails leaves no run folder."""
+    fails leaves no run folder. (Export options and formats are checked before the run's
+    checkpoint is read, so a run folder with only its config.yaml serves.)"""
     out = tmp_path / "out"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.yaml").write_text((REPO / "configs" / "gaussians-sds.yaml").read_text() + "prompt: a red cube\n")
+    run = threedgen.Run.open(folder)
     cases = [  # (API call, CLI argv, exception)
         (lambda: threedgen.fit("a pink cube", output_dir=out),
          ["fit", "--config", "gaussians-sds", "prompt=a pink cube", f"output_dir={out}"], threedgen.PromptError),
@@ -112,14 +110,15 @@ def test_bad_input_raises_the_cli_errors(api_run, tmp_path, capsys):
          ["fit", "--config", "gaussians-sds", "prompt=a red cube", "system.prior.name=embedded",
           f"system.prior.path={tmp_path}"], threedgen.ConfigError),
         (lambda: threedgen.Run.open(tmp_path), ["eval", str(tmp_path)], threedgen.RunError),
-        (lambda: api_run.export(["fbx"]), ["export", str(api_run.path), "--format", "fbx"], threedgen.ExportError),
-        (lambda: api_run.export(["glb"], texture_size=4),
-         ["export", str(api_run.path), "--format", "glb", "texture_size=4"], threedgen.ConfigError),
+        (lambda: run.evaluate(), ["eval", str(folder)], threedgen.RunError),  # no checkpoint
+        (lambda: run.export(["fbx"]), ["export", str(folder), "--format", "fbx"], threedgen.ExportError),
+        (lambda: run.export(["glb"], texture_size=4),
+         ["export", str(folder), "--format", "glb", "texture_size=4"], threedgen.ConfigError),
     ]
     for call, argv, kind in cases:
         with pytest.raises(kind) as e:
             call()
         assert str(e.value) == cli_error(capsys, argv), argv
     with pytest.raises(threedgen.ConfigError, match=r"^views: must be at least 1, got 0$"):
-        api_run.evaluate(views=0)
+        run.evaluate(views=0)
     assert not out.exists() or not any(out.rglob("config.yaml"))
