@@ -16,13 +16,12 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.gaussians import bench_rasterizer
+from threedgen.benchmarks.gaussians import bench_rasterizer
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
-from threedgen.config import load as load_config
+from threedgen.config import load as load_config, recipes
 from threedgen.registry import GUIDANCE
 from threedgen.config import PromptConfig
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
@@ -40,15 +39,15 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = recipes()  # the shipped recipes by name
 DENSE_MAX_PAIRS = 4 * 5000 * 128 * 128
 
 
 def recipe_representation(name: str):
     """The representation config of ``configs/<name>-sds.yaml`` (the default recipe's sizes), or
-    the class defaults where the recipe is not there (an installed package without the repo)."""
-    path = RECIPES / f"{name}-sds.yaml"
-    if not path.is_file():
+    the class defaults where there is no such recipe (dynamic_gaussians)."""
+    path = RECIPES.get(f"{name}-sds")
+    if path is None:
         return REPRESENTATIONS[name].Config()
     return load_config([path], ["prompt=a red cube"]).system.representation
 
@@ -78,8 +77,8 @@ def bench_step(name: str, prior, repeats: int, method: str = "sds") -> dict[str,
     (configs/<name>-<method>.yaml), split into parts; also the prior evaluations of a step."""
     rep = REPRESENTATIONS[name].from_config(recipe_representation(name))
     rep.train()
-    recipe = RECIPES / f"{name}-{method}.yaml"
-    cfg = load_config([recipe], ["prompt=a red cube"]).system.guidance if recipe.is_file() else GUIDANCE[method].Config()
+    recipe = RECIPES.get(f"{name}-{method}")
+    cfg = load_config([recipe], ["prompt=a red cube"]).system.guidance if recipe else GUIDANCE[method].Config()
     guidance = GUIDANCE[method](cfg, prior)
     prompts = PromptProcessor(prior, "a red cube")
     opts = {**rep.optimizers(), **guidance.optimizers()}
@@ -125,7 +124,7 @@ def bench_4d_step(video_prior, repeats: int) -> dict[str, float]:
     and optimiser steps; split into parts, with the prior evaluations of a step."""
     from dataclasses import replace
 
-    cfg = load_config([RECIPES / "4d-gaussians-sds.yaml"], ["prompt=a red ball bouncing"]).system
+    cfg = load_config(["4d-gaussians-sds"], ["prompt=a red ball bouncing"]).system
     rep = REPRESENTATIONS[cfg.representation.name].from_config(cfg.representation)
     rep.train()
     v = cfg.video

@@ -12,8 +12,8 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
-from systems.text_to_3d import TextTo3D
-from systems.text_to_4d import TextTo4D
+from threedgen.systems.text_to_3d import TextTo3D
+from threedgen.systems.text_to_4d import TextTo4D
 from threedgen.config import RunConfig
 from threedgen.registry import system_kind
 from threedgen.files import atomic_target

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from systems.text_to_3d import TextTo3D
+from threedgen.systems.text_to_3d import TextTo3D
 from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
 from threedgen.config import PromptConfig, RunConfig
 from threedgen.export.views import write_png, write_video

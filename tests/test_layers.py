@@ -26,7 +26,7 @@ LAYERS = [  # (module prefixes) ground up
     ("threedgen.registry",),
     ("threedgen.config",),
     ("threedgen.prompts", "threedgen.runs", "threedgen.evaluate", "threedgen.export.run", "threedgen.report"),
-    ("threedgen.cli", "threedgen.systems", "systems", "threedgen.benchmarks", "benchmarks", "threedgen"),
+    ("threedgen.cli", "threedgen.api", "threedgen.systems", "threedgen.benchmarks", "threedgen"),
 ]
 MAX_LATE = 5
 
@@ -43,13 +43,14 @@ def layer_of(module: str, layers=LAYERS) -> int:
     return best[1]
 
 
-def modules(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
-    """Dotted module name -> file, for every .py file under the top-level ``packages``."""
+def modules(root: Path, packages) -> dict[str, Path]:
+    """Dotted module name -> file, for every .py file under the top-level folders ``packages``
+    (a folder name, or folder -> the package it installs as: systems/ is threedgen.systems)."""
     found = {}
-    for pkg in packages:
-        for path in sorted((root / pkg).rglob("*.py")):
-            parts = path.relative_to(root).with_suffix("").parts
-            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    for folder, pkg in (packages.items() if isinstance(packages, dict) else ((p, p) for p in packages)):
+        for path in sorted((root / folder).rglob("*.py")):
+            parts = path.relative_to(root / folder).with_suffix("").parts
+            name = ".".join([pkg, *(parts[:-1] if parts[-1] == "__init__" else parts)])
             found[name] = path
     return found
 
@@ -81,7 +82,7 @@ def with_parents(module: str, known: dict, root_package: str) -> list[str]:
     return [m for m in chain if m in known and m != root_package]
 
 
-def import_graph(root: Path, packages: tuple[str, ...], root_package: str = "threedgen"):
+def import_graph(root: Path, packages, root_package: str = "threedgen"):
     """(edges {module: {imported module: first line}}, late imports [(module, line, target,
     commented)]) of the project's own modules."""
     known = modules(root, packages)
@@ -144,7 +145,8 @@ def upward(edges: dict, layers=LAYERS) -> list[str]:
             if layer_of(b, layers) > layer_of(a, layers)]
 
 
-PACKAGES = tuple(p for p in ("threedgen", "systems", "benchmarks") if (ROOT / p).is_dir())
+# folder -> installed package (pyproject.toml's package-dir)
+PACKAGES = {"threedgen": "threedgen", "systems": "threedgen.systems", "benchmarks": "threedgen.benchmarks"}
 
 
 def test_no_import_circle():

@@ -4,7 +4,8 @@ User errors (bad config, unknown prompt word, missing, damaged or unsafe checkpo
 folder) print one line, ``threedgen: error: ...``, and exit with code 2; no traceback. Faults
 during a run (a full disk, a diverged optimisation, any other failed read or write) print one
 line too and exit with code 1. A fresh ``fit`` that stops before its first checkpoint removes
-its run folder: it could be neither resumed nor evaluated.
+its run folder: it could be neither resumed nor evaluated. ``fit`` and ``eval`` run through the
+Python API's functions (threedgen/api.py), ``export`` through the same ``export``.
 """
 
 from __future__ import annotations
@@ -12,9 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import diffusers
@@ -23,15 +22,14 @@ import transformers
 
 from threedgen import config as C
 from threedgen import runs
-from threedgen.evaluate import clip_model_name, evaluate_run, metrics_table, prompt_pool
+from threedgen.api import Run, fit_config
+from threedgen.evaluate import metrics_table
 from threedgen.export.formats import ExportConfig, ExportError
 from threedgen.export.run import export
-from threedgen.files import WriteError, atomic_write, remove_temporaries
+from threedgen.files import WriteError, atomic_write
 from threedgen.priors.base import PriorLoadError, PromptError
-from threedgen.priors.clip import load_clip
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
-from threedgen.prompts import image_prompt_for
-from threedgen.registry import FORMATS, check_conversion, load_prior, load_video_prior
+from threedgen.registry import FORMATS
 from threedgen.world import classifier as K
 from threedgen.world import train as T
 from threedgen.world.clip import train_world_clip, world_clip_figures
@@ -59,53 +57,14 @@ def cmd_fit(args) -> int:
         cfg = runs.load_run_config(run)
         if args.overrides:
             raise UserError("--resume takes no overrides: a resumed run keeps its config")
-        ckpt = runs.checkpoint_path(run)
-        runs.read_checkpoint(ckpt)  # damaged, unsafe or diverged: one line before anything loads
-        remove_temporaries(run)  # left by a killed write
     else:
         if not args.config:
-            raise UserError("fit needs --config FILE (or --resume RUN_DIR)")
+            raise UserError("fit needs --config RECIPE (a name such as gaussians-sds, or a file; or --resume RUN_DIR)")
         cfg = C.load(args.config, args.overrides)
-        ckpt = None
-        if cfg.init_from:
-            _check_init_from(cfg)
-    # Check the prompt against the prior's vocabulary before building anything heavy.
-    prior = load_prior(cfg.system.prior)
-    priors = {"prior": prior}
-    if cfg.system.video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
-        video_prior = priors["video_prior"] = load_video_prior(cfg.system.video.prior)
-        video_prior.check_prompt(cfg.prompt)
-        video_prior.check_prompt(cfg.negative_prompt)
-        prior.check_prompt(cfg.system.video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
-    else:
-        prior.check_prompt(cfg.prompt)
-    prior.check_prompt(cfg.negative_prompt)
-    from systems.fit import fit  # Lightning (2-3 s to import) only when fitting
-
-    if not args.resume:
-        run = runs.create_run_dir(cfg)
-    try:
-        if not args.resume:
-            runs.save_config(run, cfg, ["threedgen", *args.argv])
-        metrics = fit(cfg, run, ckpt, **priors)
-    except BaseException as e:  # also Ctrl-C
-        kept = (run / runs.CKPT).is_file()
-        if not kept:  # a fresh run without a checkpoint can be neither resumed nor evaluated
-            shutil.rmtree(run)
-        if isinstance(e, runs.NonFiniteError):
-            raise runs.NonFiniteError(f"{e}; training stopped, " + (
-                f"{run / runs.CKPT} keeps the last finite state" if kept else "before its first checkpoint")) from None
-        raise
-    print(json.dumps({"run": str(run), **metrics}, indent=2))
+        run = None
+    result = fit_config(cfg, ["threedgen", *args.argv], resume=run)
+    print(json.dumps({"run": str(result.path), **result.metrics}, indent=2))
     return 0
-
-
-def _check_init_from(cfg) -> None:
-    """The earlier stage exists, has a checkpoint, and converts to this representation."""
-    source = Path(cfg.init_from)
-    source_cfg = runs.load_run_config(source)
-    runs.read_checkpoint(runs.checkpoint_path(source))
-    check_conversion(source_cfg.system.representation.name, cfg.system.representation.name)
 
 
 def cmd_eval(args) -> int:
@@ -123,7 +82,7 @@ def cmd_eval(args) -> int:
         raise UserError(f"eval: {other[0]}: only eval.* settings can be given (a run keeps the rest of its config)")
     if args.out and not Path(args.out).parent.is_dir():
         raise UserError(f"eval --out: the folder {Path(args.out).parent} does not exist")
-    rows = [{"run": str(run), **_eval_run(run, overrides, args.views)} for run in folders]
+    rows = [{"run": str(run), **Run.open(run).evaluate_dotted(overrides, args.views)} for run in folders]
     if args.out:
         atomic_write(Path(args.out), json.dumps(rows, indent=2) + "\n")
     fmt = args.format or ("json" if len(rows) == 1 else "markdown")
@@ -132,19 +91,6 @@ def cmd_eval(args) -> int:
     else:
         print(metrics_table(rows, fmt), end="")
     return 0
-
-
-def _eval_run(run: Path, overrides: list[str], views: int) -> dict:
-    """evaluate_run on a run folder, its eval section with ``overrides``. A CLIP model or prompt
-    pool named there that cannot be read fails here, in one line, before anything renders."""
-    cfg, rep = runs.load_representation(run)
-    if overrides:
-        cfg = replace(cfg, eval=C.load([run / runs.CONFIG_FILE], overrides).eval)
-    name = clip_model_name(cfg)
-    if name is not None:
-        load_clip(name)
-        prompt_pool(cfg, name)
-    return evaluate_run(cfg, rep, torch.tensor(cfg.system.background), n_views=views)
 
 
 def cmd_export(args) -> int:
@@ -224,7 +170,7 @@ def cmd_check_prior(args) -> int:
 
 def cmd_bench(args) -> int:
     # The benchmarks import Lightning (2-3 s); only this command needs them.
-    from benchmarks import gpu_step, real_priors, run as bench_run
+    from threedgen.benchmarks import gpu_step, real_priors, run as bench_run
 
     if args.gpu:
         return gpu_step.main([])
@@ -239,7 +185,9 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fit", help="optimise one prompt into a 3D object")
-    f.add_argument("--config", action="append", help="YAML recipe (repeatable; merged in order)")
+    f.add_argument("--config", action="append",
+                   help="recipe: a shipped one's name (gaussians-sds; the files in configs/) or a YAML file "
+                        "(repeatable; merged in order)")
     f.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     f.add_argument("overrides", nargs="*", help='dotted key=value, e.g. prompt="a red cube" trainer.max_steps=800')
     f.set_defaults(func=cmd_fit)

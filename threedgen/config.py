@@ -1,7 +1,9 @@
 """Typed configuration: dataclass schema, YAML recipes, dotted overrides, whole-tree validation.
 
 ``load(["configs/gaussians-sds.yaml"], ["prompt=a red cube", "trainer.max_steps=800"])`` merges the
-files left to right with OmegaConf (a file's ``base: other.yaml`` is merged first, so a variant
+files left to right with OmegaConf (a file is a path, or the name of a shipped recipe:
+``load(["gaussians-sds"], ...)`` reads configs/gaussians-sds.yaml, installed as the package data
+``threedgen.configs``) (a file's ``base: other.yaml`` is merged first, so a variant
 recipe holds only what it changes), applies the overrides, then builds the dataclass tree. Every
 problem raises ``ConfigError`` with the dotted path, before anything heavy is built:
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import re
 import types
@@ -385,6 +388,35 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# --- recipes ----------------------------------------------------------------------------------
+
+# The repository's configs/ folder, installed as this package (pyproject.toml's package-dir), so a
+# checkout, an editable install and a wheel read the same files.
+RECIPE_PACKAGE = "threedgen.configs"
+
+
+def recipes() -> dict[str, Path]:
+    """The shipped recipes by name: ``{"gaussians-sds": .../configs/gaussians-sds.yaml, ...}``."""
+    folder = Path(str(importlib.resources.files(RECIPE_PACKAGE)))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def recipe_path(config: str | Path) -> Path:
+    """A ``--config`` value as a file: an existing file or any path with a folder or a suffix
+    (``configs/gaussians-sds.yaml``) is taken as it is; a bare name (``gaussians-sds``) is a
+    shipped recipe, and an unknown one raises a one-line ConfigError naming the close ones."""
+    path = Path(config)
+    if path.is_file() or len(path.parts) != 1 or path.suffix:
+        return path
+    known = recipes()
+    if path.name in known:
+        return known[path.name]
+    close = difflib.get_close_matches(path.name, list(known), n=3, cutoff=0.5)
+    hint = (f"did you mean {', '.join(close[:-1])}{' or ' if close[:-1] else ''}{close[-1]}?" if close
+            else f"recipes: {', '.join(known)}")
+    raise ConfigError(f"{config}: no such recipe or file; {hint} (or give a path to a YAML file)")
+
+
 def _read(f: str | Path, seen: tuple = ()) -> list:
     """One recipe file as OmegaConf parts: its ``base:`` recipe's parts (a path relative to the
     file, read first, recursively), then its own keys."""
@@ -425,8 +457,9 @@ def from_overrides(cls, overrides: list[str]):
 
 
 def load(files: list[str | Path], overrides: list[str] = ()) -> RunConfig:
-    """Merge YAML files (each after its ``base:`` recipe) and ``key=value`` overrides, then
-    validate the whole tree."""
+    """Merge YAML files or recipe names (each after its ``base:`` recipe) and ``key=value``
+    overrides, then validate the whole tree."""
+    files = [recipe_path(f) for f in files]
     data = _merge([p for f in files for p in _read(f)], overrides)
     if files and "name" not in data:
         data["name"] = Path(files[-1]).stem

@@ -26,7 +26,7 @@ systems, the CLI, the benchmarks) loads it here, and code that knows the family 
 world's checks load the embedded priors) calls the adapter's ``from_pretrained`` itself.
 
 Systems (the Lightning glue) sit above this module, since they read the config; which one a run
-takes is decided here too (``system_kind``), and ``systems.fit`` maps the kind to its class.
+takes is decided here too (``system_kind``), and ``threedgen.systems.fit`` maps the kind to its class.
 """
 
 from __future__ import annotations
