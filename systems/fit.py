@@ -1,4 +1,5 @@
-"""Run one optimisation with Lightning: progress bar, CSV log, atomic checkpoints, resume."""
+"""Run one optimisation with Lightning: progress bar, CSV and TensorBoard logs, atomic
+checkpoints, resume."""
 
 from __future__ import annotations
 
@@ -10,12 +11,13 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
+from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from systems.text_to_3d import TextTo3D
 from systems.text_to_4d import TextTo4D
 from threedgen.config import RunConfig
-from threedgen.runs import CKPT, atomic_target
+from threedgen.runs import CKPT, atomic_target, read_checkpoint
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -34,6 +36,14 @@ class AtomicCheckpoint(pl.Callback):
         step = int(module.step_count)
         if step % self.every == 0 or step == module.cfg.trainer.max_steps:
             self.save(trainer)
+
+
+def tensorboard_logger(run_dir: Path, done: int) -> TensorBoardLogger:
+    """Event files in ``logs/tensorboard`` (``tensorboard --logdir RUN/logs``). A run resumed
+    from a checkpoint of ``done`` steps hides the events of later steps, which it runs again
+    (SummaryWriter's purge_step), as StepLog drops their rows."""
+    return TensorBoardLogger(run_dir, name="logs", version="tensorboard", default_hp_metric=False,
+                             purge_step=done + 1 if done else None)
 
 
 def fit(cfg: RunConfig, run_dir: Path, prior=None, ckpt_path: Path | None = None, video_prior=None) -> dict:
@@ -55,10 +65,13 @@ def _fit(cfg: RunConfig, run_dir: Path, prior, ckpt_path: Path | None, video_pri
     else:
         module = TextTo3D(cfg, run_dir, prior=prior, initialise=ckpt_path is None)
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # "GPU available", tips; after import: it resets it
-    # The module writes logs/metrics.csv itself (runs.StepLog): one row per step, kept on resume.
+    # The module writes logs/metrics.csv itself (runs.StepLog): one row per step, kept on resume;
+    # it sends the same values, and the validation images, to TensorBoard.
+    done = int(read_checkpoint(ckpt_path)["state_dict"]["step_count"]) if ckpt_path else 0
     bar = [TQDMProgressBar(refresh_rate=10)] if sys.stderr.isatty() else []  # none in logs and pipes
     trainer = pl.Trainer(
-        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_progress_bar=bool(bar),
+        accelerator="auto", devices=1, max_epochs=1, logger=tensorboard_logger(run_dir, done),
+        log_every_n_steps=1, enable_progress_bar=bool(bar),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every), *bar])
     # One item per step; the module ends the epoch itself once its saved step count is reached.

@@ -1,4 +1,4 @@
-"""``threedgen fit | eval | export | bench | train-prior | check-prior``.
+"""``threedgen fit | eval | export | report | bench | train-prior | check-prior``.
 
 User errors (bad config, unknown prompt word, missing, damaged or unsafe checkpoint, unwritable
 folder) print one line, ``threedgen: error: ...``, and exit with code 2; no traceback. Faults
@@ -32,9 +32,10 @@ def _user_errors():
     from threedgen.config import ConfigError
     from threedgen.priors.base import PriorLoadError, PromptError
     from threedgen.export import ExportError
+    from threedgen.report import ReportError
     from threedgen.runs import RunError
 
-    return (UserError, ConfigError, PromptError, PriorLoadError, RunError, ExportError)
+    return (UserError, ConfigError, PromptError, PriorLoadError, RunError, ExportError, ReportError)
 
 
 def _faults():
@@ -142,6 +143,13 @@ def cmd_export(args) -> int:
     opts = from_overrides(ExportConfig, [*args.options, *(f for f in args.format if "=" in f)])
     for path in export(Path(args.run_dir), formats, Path(args.out) if args.out else None, opts):
         print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from threedgen.report import report
+
+    print(report(Path(args.path)))
     return 0
 
 
@@ -261,6 +269,11 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("options", nargs="*", help="key=value export options, e.g. texture_size=2048 "
                    "max_faces=20000 shading=normal frames=90 (see threedgen.export.ExportConfig)")
     x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("report", help="a run's report.html, or an index.html of every run below a folder")
+    r.add_argument("path", help="a run folder (writes RUN/report.html) or a folder of runs, e.g. outputs/ "
+                                "(writes each run's report and PATH/index.html)")
+    r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="renderer and step timings, as a table")
     b.add_argument("--quick", action="store_true", help="fewer repeats and sizes")

@@ -110,6 +110,7 @@ class Job:
         """suffix -> textured mesh, each with its fidelity against 8 orbit views, reported in
         mesh.json (a 4D run's lists its frames)."""
         from threedgen.export.mesh import SurfaceError, bake_views, fidelity, textured_mesh
+        from threedgen.report.progress import counting_renders
         from threedgen.runs import atomic_write
 
         o, meshes, c = self.opts, {}, self.cfg.system.camera
@@ -117,13 +118,15 @@ class Job:
         views = bake_views(c.eval_distance, c.eval_fov_y) if project else None
         for suffix, time, rep in self.frames:
             try:
-                m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
-                                  max_faces=o.max_faces, texture_size=o.texture_size,
-                                  cameras=views, background=self.background)
+                with counting_renders(rep, f"mesh{suffix}: surface and texture bake"):
+                    m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
+                                      max_faces=o.max_faces, texture_size=o.texture_size,
+                                      cameras=views, background=self.background)
             except SurfaceError as e:
                 raise ExportError(f"mesh: {e}" + (f" (time {time:g})" if time is not None else "")) from None
-            m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
-                                          self.background)
+            with counting_renders(rep, f"mesh{suffix}: fidelity", total=8):
+                m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
+                                              self.background)
             meshes[suffix] = m
         report = (meshes[""].info if not self.dynamic else
                   {"frames": [{"time": t, **meshes[s].info} for s, t, _ in self.frames]})
@@ -175,6 +178,7 @@ def _turntable(suffix: str):
         """The turntable (a 4D run plays once while the camera orbits), and for a 4D run a
         fixed-view video too."""
         from threedgen.export.views import turntable, write_video
+        from threedgen.report.progress import counting_renders
 
         o = job.opts
         shading = "" if o.shading == "rgb" else "-" + o.shading
@@ -185,7 +189,9 @@ def _turntable(suffix: str):
         paths = []
         for name, cams in videos.items():
             paths.append(job.out / f"{name}.{suffix}")
-            write_video(paths[-1], turntable(job.rep, cams, o.shading, job.background), fps=o.fps)
+            with counting_renders(job.rep, paths[-1].name, total=len(cams)):
+                frames = turntable(job.rep, cams, o.shading, job.background)
+            write_video(paths[-1], frames, fps=o.fps)
         return paths
 
     return write
@@ -194,10 +200,13 @@ def _turntable(suffix: str):
 def _views(job: Job) -> list[Path]:
     """The multi-view set (for a 4D run, of its first frame)."""
     from threedgen.export.views import view_cameras, write_view_set
+    from threedgen.report.progress import counting_renders
 
     o, c = job.opts, job.cfg.system.camera
     cams = view_cameras(o.elevations, o.azimuths, c.eval_distance, c.eval_fov_y, o.resolution)
-    return write_view_set(job.frames[0][2], cams, job.out / "views", job.background)
+    rep = job.frames[0][2]
+    with counting_renders(rep, "views", total=len(cams)):
+        return write_view_set(rep, cams, job.out / "views", job.background)
 
 
 FORMATS = {"glb": _mesh_format(_glb), "obj": _mesh_format(_obj), "ply": _mesh_format(_ply), "splat": _splat,
