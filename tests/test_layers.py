@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = [  # (module prefixes) ground up
-    ("threedgen.schedules", "threedgen.files"),
+    ("threedgen.schedules", "threedgen.files", "threedgen.progress"),
     ("threedgen.cameras", "threedgen.render"),
     ("threedgen.priors",),
     ("threedgen.representations",),

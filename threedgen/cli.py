@@ -1,4 +1,4 @@
-"""``threedgen fit | eval | export | bench | train-prior | check-prior``.
+"""``threedgen fit | eval | export | report | bench | train-prior | check-prior``.
 
 User errors (bad config, unknown prompt word, missing, damaged or unsafe checkpoint, unwritable
 folder) print one line, ``threedgen: error: ...``, and exit with code 2; no traceback. Faults
@@ -30,6 +30,7 @@ from threedgen.files import WriteError, atomic_write
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
 from threedgen.registry import FORMATS
+from threedgen.report.build import ReportError, report
 from threedgen.world import classifier as K
 from threedgen.world import train as T
 from threedgen.world.clip import train_world_clip, world_clip_figures
@@ -47,7 +48,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"threedgen: error: {message}; see '{self.prog} -h'\n")
 
 
-USER_ERRORS = (UserError, C.ConfigError, PromptError, PriorLoadError, runs.RunError, ExportError)
+USER_ERRORS = (UserError, C.ConfigError, PromptError, PriorLoadError, runs.RunError, ExportError, ReportError)
 FAULTS = (WriteError, runs.NonFiniteError, OSError)
 
 
@@ -99,6 +100,11 @@ def cmd_export(args) -> int:
     opts = C.from_overrides(ExportConfig, [*args.options, *(f for f in args.format if "=" in f)])
     for path in export(Path(args.run_dir), formats, Path(args.out) if args.out else None, opts):
         print(path)
+    return 0
+
+
+def cmd_report(args) -> int:
+    print(report(Path(args.path)))
     return 0
 
 
@@ -214,6 +220,11 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("options", nargs="*", help="key=value export options, e.g. texture_size=2048 "
                    "max_faces=20000 shading=normal frames=90 (see threedgen.export.formats.ExportConfig)")
     x.set_defaults(func=cmd_export)
+
+    r = sub.add_parser("report", help="a run's report.html, or an index.html of every run below a folder")
+    r.add_argument("path", help="a run folder (writes RUN/report.html) or a folder of runs, e.g. outputs/ "
+                                "(writes each run's report and PATH/index.html)")
+    r.set_defaults(func=cmd_report)
 
     b = sub.add_parser("bench", help="renderer and step timings, as a table")
     b.add_argument("--quick", action="store_true", help="fewer repeats and sizes")

@@ -17,6 +17,7 @@ from threedgen.export.mesh import SurfaceError, bake_views, fidelity, textured_m
 from threedgen.export.splat import write_splat_ply
 from threedgen.export import views as V
 from threedgen.files import atomic_write
+from threedgen.progress import counting_renders
 from threedgen.schedules import check_image_size
 
 
@@ -108,13 +109,15 @@ class Job:
         views = bake_views(c.eval_distance, c.eval_fov_y) if project else None
         for suffix, time, rep in self.frames:
             try:
-                m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
-                                  max_faces=o.max_faces, texture_size=o.texture_size,
-                                  cameras=views, background=self.background)
+                with counting_renders(rep, f"mesh{suffix}: surface and texture bake"):
+                    m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
+                                      max_faces=o.max_faces, texture_size=o.texture_size,
+                                      cameras=views, background=self.background)
             except SurfaceError as e:
                 raise ExportError(f"mesh: {e}" + (f" (time {time:g})" if time is not None else "")) from None
-            m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
-                                          self.background)
+            with counting_renders(rep, f"mesh{suffix}: fidelity", total=8):
+                m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
+                                              self.background)
             meshes[suffix] = m
         report = (meshes[""].info if not self.dynamic else
                   {"frames": [{"time": t, **meshes[s].info} for s, t, _ in self.frames]})
@@ -167,7 +170,9 @@ def turntable(suffix: str):
         paths = []
         for name, cams in videos.items():
             paths.append(job.out / f"{name}.{suffix}")
-            V.write_video(paths[-1], V.turntable(job.rep, cams, o.shading, job.background), fps=o.fps)
+            with counting_renders(job.rep, paths[-1].name, total=len(cams)):
+                frames = V.turntable(job.rep, cams, o.shading, job.background)
+            V.write_video(paths[-1], frames, fps=o.fps)
         return paths
 
     return write
@@ -177,7 +182,9 @@ def views(job: Job) -> list[Path]:
     """The multi-view set (for a 4D run, of its first frame)."""
     o, c = job.opts, job.cfg.system.camera
     cams = V.view_cameras(o.elevations, o.azimuths, c.eval_distance, c.eval_fov_y, o.size(256))
-    return V.write_view_set(job.frames[0][2], cams, job.out / "views", job.background)
+    rep = job.frames[0][2]
+    with counting_renders(rep, "views", total=len(cams)):
+        return V.write_view_set(rep, cams, job.out / "views", job.background)
 
 
 # GPTEval3D (github.com/3DTopia/GPTEval3D) compares methods on 120 views a shape, rendered on
