@@ -26,7 +26,8 @@ LAYERS = [  # (module prefixes) ground up
     ("threedgen.registry",),
     ("threedgen.config",),
     ("threedgen.prompts", "threedgen.runs", "threedgen.evaluate", "threedgen.export.run", "threedgen.report"),
-    ("threedgen.cli", "threedgen.systems", "systems", "threedgen.benchmarks", "benchmarks", "threedgen"),
+    ("threedgen.cli", "threedgen.batch", "threedgen.systems", "systems", "threedgen.benchmarks", "benchmarks",
+     "threedgen"),
 ]
 MAX_LATE = 5
 

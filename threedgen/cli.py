@@ -1,4 +1,4 @@
-"""``threedgen fit | eval | export | bench | train-prior | check-prior``.
+"""``threedgen fit | batch | eval | export | bench | train-prior | check-prior``.
 
 User errors (bad config, unknown prompt word, missing, damaged or unsafe checkpoint, unwritable
 folder) print one line, ``threedgen: error: ...``, and exit with code 2; no traceback. Faults
@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import diffusers
 import torch
 import transformers
 
+from threedgen import batch
 from threedgen import config as C
 from threedgen import runs
 from threedgen.evaluate import evaluate_run
@@ -27,8 +27,7 @@ from threedgen.export.formats import ExportConfig, ExportError
 from threedgen.export.run import export
 from threedgen.files import WriteError
 from threedgen.priors.base import PriorLoadError, PromptError
-from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, load_prior, load_video_prior
-from threedgen.prompts import image_prompt_for
+from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
 from threedgen.registry import FORMATS, check_conversion
 from threedgen.world import classifier as K
 from threedgen.world import train as T
@@ -46,7 +45,7 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"threedgen: error: {message}; see '{self.prog} -h'\n")
 
 
-USER_ERRORS = (UserError, C.ConfigError, PromptError, PriorLoadError, runs.RunError, ExportError)
+USER_ERRORS = (UserError, C.ConfigError, PromptError, PriorLoadError, runs.RunError, ExportError, batch.BatchError)
 FAULTS = (WriteError, runs.NonFiniteError, OSError)
 
 
@@ -56,9 +55,7 @@ def cmd_fit(args) -> int:
         cfg = runs.load_run_config(run)
         if args.overrides:
             raise UserError("--resume takes no overrides: a resumed run keeps its config")
-        ckpt = runs.checkpoint_path(run)
-        runs.read_checkpoint(ckpt)  # damaged, unsafe or diverged: one line before anything loads
-        runs.remove_temporaries(run)  # left by a killed write
+        ckpt, _ = runs.open_checkpoint(run)
     else:
         if not args.config:
             raise UserError("fit needs --config FILE (or --resume RUN_DIR)")
@@ -66,35 +63,26 @@ def cmd_fit(args) -> int:
         ckpt = None
         if cfg.init_from:
             _check_init_from(cfg)
-    # Check the prompt against the prior's vocabulary before building anything heavy.
-    prior = load_prior(cfg.system.prior)
-    priors = {"prior": prior}
-    if cfg.system.video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
-        video_prior = priors["video_prior"] = load_video_prior(cfg.system.video.prior)
-        video_prior.check_prompt(cfg.prompt)
-        video_prior.check_prompt(cfg.negative_prompt)
-        prior.check_prompt(cfg.system.video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
-    else:
-        prior.check_prompt(cfg.prompt)
-    prior.check_prompt(cfg.negative_prompt)
+    priors = runs.load_priors(cfg)  # and the prompts checked, before anything heavy is built
     from systems.fit import fit  # Lightning (2-3 s to import) only when fitting
 
     if not args.resume:
         run = runs.create_run_dir(cfg)
-    try:
+    with runs.removed_unless_checkpointed(run):
         if not args.resume:
             runs.save_config(run, cfg, ["threedgen", *args.argv])
         metrics = fit(cfg, run, ckpt, **priors)
-    except BaseException as e:  # also Ctrl-C
-        kept = (run / runs.CKPT).is_file()
-        if not kept:  # a fresh run without a checkpoint can be neither resumed nor evaluated
-            shutil.rmtree(run)
-        if isinstance(e, runs.NonFiniteError):
-            raise runs.NonFiniteError(f"{e}; training stopped, " + (
-                f"{run / runs.CKPT} keeps the last finite state" if kept else "before its first checkpoint")) from None
-        raise
     print(json.dumps({"run": str(run), **metrics}, indent=2))
     return 0
+
+
+def cmd_batch(args) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"batch --workers: must be at least 1, got {args.workers}")
+    if args.retries < 0:
+        raise UserError(f"batch --retries: must be at least 0, got {args.retries}")
+    return batch.run_batch(Path(args.prompts), args.config, args.overrides, args.out, args.address, args.workers,
+                           args.retries, ["threedgen", *args.argv])
 
 
 def _check_init_from(cfg) -> None:
@@ -208,6 +196,20 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("overrides", nargs="*", help='dotted key=value, e.g. prompt="a red cube" trainer.max_steps=800')
     f.set_defaults(func=cmd_fit)
 
+    a = sub.add_parser("batch", help="fit every prompt of a file on a Ray cluster (a local one by default), "
+                                     "one run folder each under one batch folder")
+    a.add_argument("prompts", metavar="PROMPTS.txt", help="one prompt a line; blank lines and # comments are skipped")
+    a.add_argument("--config", action="append", required=True, help="YAML recipe (repeatable; merged in order)")
+    a.add_argument("--out", help="the batch folder (default: <output_dir>/<name>/batch-<PROMPTS stem>); the same "
+                                 "command run again skips the finished prompts and resumes the others")
+    a.add_argument("--address", help="a running Ray cluster ('auto', or the head's host:port that 'ray start "
+                                     "--head' prints); default: start a local one")
+    a.add_argument("--workers", type=int, help="prompts fitted side by side (default: as many as the cluster "
+                                               "holds, each reserving the recipe's resources.cpus / gpus / memory_gb)")
+    a.add_argument("--retries", type=int, default=2, help="times a prompt whose worker died resumes on a new one")
+    a.add_argument("overrides", nargs="*", help="dotted key=value for every prompt, e.g. trainer.max_steps=800")
+    a.set_defaults(func=cmd_batch)
+
     e = sub.add_parser("eval", help="fidelity metrics of a finished run, as JSON")
     e.add_argument("run_dir")
     e.add_argument("--views", type=int, default=4)
@@ -285,7 +287,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # "batch PROMPTS.txt --config R k=v": argparse gives the words after an option to no positional
+    if extra and not (args.command == "batch" and all("=" in w and not w.startswith("-") for w in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     args.argv = argv
 
     transformers.logging.disable_progress_bar()  # "Loading weights" bars on every prior load
