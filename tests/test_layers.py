@@ -26,7 +26,7 @@ LAYERS = [  # (module prefixes) ground up
     ("threedgen.registry",),
     ("threedgen.config",),
     ("threedgen.prompts", "threedgen.runs", "threedgen.evaluate", "threedgen.export.run", "threedgen.report"),
-    ("threedgen.cli", "threedgen.api", "threedgen.systems", "threedgen.benchmarks", "threedgen"),
+    ("threedgen.cli", "threedgen.api", "threedgen.batch", "threedgen.systems", "threedgen.benchmarks", "threedgen"),
 ]
 MAX_LATE = 5
 

@@ -18,7 +18,6 @@ Overrides are the CLI's ``key=value`` pairs with ``__`` for each dot and Python 
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,11 +29,10 @@ from threedgen.config import recipes
 from threedgen.evaluate import clip_model_name, evaluate_run, prompt_pool
 from threedgen.export.formats import ExportConfig, ExportError
 from threedgen.export.run import export
-from threedgen.files import RunError, remove_temporaries
+from threedgen.files import RunError
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.clip import load_clip
-from threedgen.prompts import image_prompt_for
-from threedgen.registry import check_conversion, load_prior, load_video_prior
+from threedgen.registry import check_conversion
 from threedgen.schedules import ConfigError
 
 # threedgen/__init__.py exports fit, Run and these from here.
@@ -114,28 +112,18 @@ def fit_config(cfg: C.RunConfig, argv: list[str], resume: Path | None = None) ->
     evaluated."""
     ckpt = None
     if resume is not None:
-        ckpt = runs.checkpoint_path(resume)
-        runs.read_checkpoint(ckpt)  # damaged, unsafe or diverged: one line before anything loads
-        remove_temporaries(resume)  # left by a killed write
+        ckpt, _ = runs.open_checkpoint(resume)  # damaged, unsafe or diverged: one line before anything loads
     elif cfg.init_from:
         _check_init_from(cfg)
-    priors = _load_priors(cfg)
+    priors = runs.load_priors(cfg)  # and the prompts checked, before anything heavy is built
     # Lightning takes 2-3 s to import; only fitting needs it (systems/ is the layer above).
     from threedgen.systems.fit import fit as fit_system
 
     run = resume if resume is not None else runs.create_run_dir(cfg)
-    try:
+    with runs.removed_unless_checkpointed(run):
         if resume is None:
             runs.save_config(run, cfg, argv)
         metrics = fit_system(cfg, run, ckpt, **priors)
-    except BaseException as e:  # also Ctrl-C
-        kept = (run / runs.CKPT).is_file()
-        if not kept:  # a fresh run without a checkpoint can be neither resumed nor evaluated
-            shutil.rmtree(run)
-        if isinstance(e, runs.NonFiniteError):
-            raise runs.NonFiniteError(f"{e}; training stopped, " + (
-                f"{run / runs.CKPT} keeps the last finite state" if kept else "before its first checkpoint")) from None
-        raise
     return Run(run, cfg, metrics)
 
 
@@ -145,19 +133,3 @@ def _check_init_from(cfg: C.RunConfig) -> None:
     source_cfg = runs.load_run_config(source)
     runs.read_checkpoint(runs.checkpoint_path(source))
     check_conversion(source_cfg.system.representation.name, cfg.system.representation.name)
-
-
-def _load_priors(cfg: C.RunConfig) -> dict:
-    """The run's priors, by the system's argument names (``prior``; a 4D run's ``video_prior``),
-    with the prompt checked against each prior's vocabulary before anything heavy is built."""
-    prior = load_prior(cfg.system.prior)
-    priors = {"prior": prior}
-    if cfg.system.video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
-        video_prior = priors["video_prior"] = load_video_prior(cfg.system.video.prior)
-        video_prior.check_prompt(cfg.prompt)
-        video_prior.check_prompt(cfg.negative_prompt)
-        prior.check_prompt(cfg.system.video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
-    else:
-        prior.check_prompt(cfg.prompt)
-    prior.check_prompt(cfg.negative_prompt)
-    return priors

@@ -1,4 +1,4 @@
-"""``threedgen fit | eval | export | report | bench | train-prior | check-prior``.
+"""``threedgen fit | batch | eval | export | report | bench | train-prior | check-prior``.
 
 User errors (bad config, unknown prompt word, missing, damaged or unsafe checkpoint, unwritable
 folder) print one line, ``threedgen: error: ...``, and exit with code 2; no traceback. Faults
@@ -20,6 +20,7 @@ import diffusers
 import torch
 import transformers
 
+from threedgen import batch
 from threedgen import config as C
 from threedgen import runs
 from threedgen.api import Run, fit_config
@@ -48,7 +49,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"threedgen: error: {message}; see '{self.prog} -h'\n")
 
 
-USER_ERRORS = (UserError, C.ConfigError, PromptError, PriorLoadError, runs.RunError, ExportError, ReportError)
+USER_ERRORS = (UserError, C.ConfigError, PromptError, PriorLoadError, runs.RunError, ExportError, ReportError,
+               batch.BatchError)
 FAULTS = (WriteError, runs.NonFiniteError, OSError)
 
 
@@ -66,6 +68,15 @@ def cmd_fit(args) -> int:
     result = fit_config(cfg, ["threedgen", *args.argv], resume=run)
     print(json.dumps({"run": str(result.path), **result.metrics}, indent=2))
     return 0
+
+
+def cmd_batch(args) -> int:
+    if args.workers is not None and args.workers < 1:
+        raise UserError(f"batch --workers: must be at least 1, got {args.workers}")
+    if args.retries < 0:
+        raise UserError(f"batch --retries: must be at least 0, got {args.retries}")
+    return batch.run_batch(Path(args.prompts), args.config, args.overrides, args.out, args.address, args.workers,
+                           args.retries, ["threedgen", *args.argv])
 
 
 def cmd_eval(args) -> int:
@@ -198,6 +209,20 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("overrides", nargs="*", help='dotted key=value, e.g. prompt="a red cube" trainer.max_steps=800')
     f.set_defaults(func=cmd_fit)
 
+    a = sub.add_parser("batch", help="fit every prompt of a file on a Ray cluster (a local one by default), "
+                                     "one run folder each under one batch folder")
+    a.add_argument("prompts", metavar="PROMPTS.txt", help="one prompt a line; blank lines and # comments are skipped")
+    a.add_argument("--config", action="append", required=True, help="YAML recipe (repeatable; merged in order)")
+    a.add_argument("--out", help="the batch folder (default: <output_dir>/<name>/batch-<PROMPTS stem>); the same "
+                                 "command run again skips the finished prompts and resumes the others")
+    a.add_argument("--address", help="a running Ray cluster ('auto', or the head's host:port that 'ray start "
+                                     "--head' prints); default: start a local one")
+    a.add_argument("--workers", type=int, help="prompts fitted side by side (default: as many as the cluster "
+                                               "holds, each reserving the recipe's resources.cpus / gpus / memory_gb)")
+    a.add_argument("--retries", type=int, default=2, help="times a prompt whose worker died resumes on a new one")
+    a.add_argument("overrides", nargs="*", help="dotted key=value for every prompt, e.g. trainer.max_steps=800")
+    a.set_defaults(func=cmd_batch)
+
     e = sub.add_parser("eval", help="metrics of finished runs: JSON for one, a table for several")
     e.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
                    help="run folders, and eval.* settings as key=value (eval.prompt_pool=FILE eval.views=8)")
@@ -288,7 +313,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = parser().parse_args(argv)
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # "batch PROMPTS.txt --config R k=v": argparse gives the words after an option to no positional
+    if extra and not (args.command == "batch" and all("=" in w and not w.startswith("-") for w in extra)):
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     args.argv = argv
 
     transformers.logging.disable_progress_bar()  # "Loading weights" bars on every prior load

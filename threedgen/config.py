@@ -262,6 +262,24 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ResourcesConfig:
+    """What one prompt of ``threedgen batch`` reserves on its Ray cluster (a plain ``fit``
+    ignores it). gpus: None takes one GPU when the cluster has any, else none; a fraction packs
+    several prompts on one GPU. memory_gb: 0 reserves no memory."""
+
+    cpus: float = 1.0
+    gpus: float | None = None
+    memory_gb: float = 0.0
+
+    def __post_init__(self):
+        if self.cpus <= 0:
+            raise ValueError(f"cpus: must be above 0, got {self.cpus}")
+        for name in ("gpus", "memory_gb"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name}: must be at least 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     prompt: str
     system: SystemConfig
@@ -272,6 +290,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     test: TestConfig = field(default_factory=TestConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per prompt of a batch
 
     def __post_init__(self):
         if not self.prompt.strip():

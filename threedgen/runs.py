@@ -12,12 +12,14 @@ one-line WriteError, so a file under its final name is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import pickle
 import re
 import shlex
+import shutil
 import time
 from pathlib import Path
 
@@ -25,8 +27,9 @@ import torch
 import yaml
 
 from threedgen import config as C
-from threedgen.files import RunError, atomic_write
-from threedgen.registry import build_representation
+from threedgen.files import RunError, atomic_write, remove_temporaries
+from threedgen.prompts import image_prompt_for
+from threedgen.registry import build_representation, load_prior, load_video_prior
 
 CONFIG_FILE, CKPT = "config.yaml", Path("ckpts") / "last.ckpt"
 
@@ -92,6 +95,60 @@ def read_checkpoint(path: Path) -> dict:
         raise RunError(f"{path}: non-finite values (NaN or Inf) in {', '.join(bad)}; the run diverged. "
                        "Fit it again with a lower learning rate or guidance scale")
     return ckpt
+
+
+def open_checkpoint(run: Path) -> tuple[Path, int]:
+    """(checkpoint path, steps it holds) of a run to resume: a damaged, unsafe or diverged
+    checkpoint raises a one-line RunError before anything loads; temporary files a killed write
+    left are removed."""
+    ckpt = checkpoint_path(run)
+    step = int(read_checkpoint(ckpt)["state_dict"].get("step_count", 0))
+    remove_temporaries(run)
+    return ckpt, step
+
+
+def load_priors(cfg: C.RunConfig, cache: dict | None = None) -> dict:
+    """The run's priors by the system's argument names (``prior``; a 4D run's ``video_prior``),
+    with its prompts checked against their vocabularies before anything heavy is built. cache:
+    loaded priors by their config, kept between calls (a batch worker); priors this run does not
+    use are dropped from it."""
+    cache = {} if cache is None else cache
+    video = cfg.system.video
+    wanted = {"prior": (load_prior, cfg.system.prior)}
+    if video is not None:
+        wanted["video_prior"] = (load_video_prior, video.prior)
+    keys = {name: f"{name}:{json.dumps(C.to_dict(pcfg), sort_keys=True)}" for name, (_, pcfg) in wanted.items()}
+    for stale in set(cache) - set(keys.values()):
+        del cache[stale]
+    for name, (load, pcfg) in wanted.items():
+        if keys[name] not in cache:
+            cache[keys[name]] = load(pcfg)
+    priors = {name: cache[key] for name, key in keys.items()}
+    prior = priors["prior"]
+    if video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
+        priors["video_prior"].check_prompt(cfg.prompt)
+        priors["video_prior"].check_prompt(cfg.negative_prompt)
+        prior.check_prompt(video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
+    else:
+        prior.check_prompt(cfg.prompt)
+    prior.check_prompt(cfg.negative_prompt)
+    return priors
+
+
+@contextlib.contextmanager
+def removed_unless_checkpointed(run: Path):
+    """Around a fit: if it fails (also Ctrl-C) before its first checkpoint, remove the run folder,
+    which could be neither resumed nor evaluated; a NonFiniteError says what the folder keeps."""
+    try:
+        yield
+    except BaseException as e:
+        kept = (run / CKPT).is_file()
+        if not kept:
+            shutil.rmtree(run)
+        if isinstance(e, NonFiniteError):
+            raise NonFiniteError(f"{e}; training stopped, " + (
+                f"{run / CKPT} keeps the last finite state" if kept else "before its first checkpoint")) from None
+        raise
 
 
 def load_representation(run: Path):
