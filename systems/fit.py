@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -12,16 +13,17 @@ import torch
 from pytorch_lightning.callbacks import TQDMProgressBar
 from torch.utils.data import DataLoader
 
+from systems.amortized import Amortized
 from systems.text_to_3d import TextTo3D
 from systems.text_to_4d import TextTo4D
 from threedgen.config import RunConfig
 from threedgen.registry import system_kind
 from threedgen.files import atomic_target
-from threedgen.runs import CKPT
+from threedgen.runs import CKPT, RUN_DIR_ENV
 
 
 # The systems by kind (``registry.system_kind``); they sit above the registry, so their table is here.
-SYSTEMS = {"text_to_3d": TextTo3D, "text_to_4d": TextTo4D}
+SYSTEMS = {"text_to_3d": TextTo3D, "text_to_4d": TextTo4D, "amortized": Amortized}
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -32,6 +34,9 @@ class AtomicCheckpoint(pl.Callback):
         self.path, self.every = Path(run_dir) / CKPT, every
 
     def save(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:  # under DDP rank 0 writes; the others join Lightning's barrier
+            trainer.save_checkpoint(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_target(self.path) as tmp:
             trainer.save_checkpoint(tmp)
@@ -61,8 +66,12 @@ def _fit(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None, priors: dict) ->
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)  # "GPU available", tips; after import: it resets it
     # The module writes logs/metrics.csv itself (runs.StepLog): one row per step, kept on resume.
     bar = [TQDMProgressBar(refresh_rate=10)] if sys.stderr.isatty() else []  # none in logs and pipes
+    t = cfg.trainer
+    if t.devices * t.num_nodes > 1:  # the processes Lightning starts write to this run folder too
+        os.environ[RUN_DIR_ENV] = str(run_dir)
     trainer = pl.Trainer(
-        accelerator="auto", devices=1, max_epochs=1, logger=False, enable_progress_bar=bool(bar),
+        accelerator="auto", devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        use_distributed_sampler=False, max_epochs=1, logger=False, enable_progress_bar=bool(bar),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every), *bar])
     # One item per step; the module ends the epoch itself once its saved step count is reached.
