@@ -32,7 +32,8 @@ from threedgen.priors.cfg import Conditioning
 from threedgen.prompts import PromptProcessor, encode_cached
 from threedgen.render.types import RenderOutput
 from threedgen.representations.generator import GeneratedTriplanes
-from threedgen.runs import CKPT, create_run_dir, save_config, write_test_renders
+from threedgen.registry import build_representation
+from threedgen.runs import CKPT, RunError, create_run_dir, save_config, write_test_renders
 from threedgen.schedules import ConfigError
 
 KEEP_PROCESSORS = 1024  # drawn prompts' conditions kept in memory; the rest are re-read from the disk cache
@@ -70,8 +71,9 @@ def shard(prompts: list[str], rank: int, world: int) -> list[str]:
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
     """The CPU generator of one rank's step. Rank 0 draws from the seed a per-prompt run uses at
-    that step; rank r's stream is offset by r * 2^53 (seed < 2^32: no overlap)."""
-    return torch.Generator().manual_seed(seed * 1_000_003 + step + (rank << 53))
+    that step; rank r's seed is offset by r times the golden-ratio constant 0x9E3779B1, modulo
+    2^32 (the CPU generator keeps 32 bits of a seed): distinct for steps below 1.6e9."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step + rank * 0x9E3779B1) % 2**32)
 
 
 def concat_conditioning(conds: list[Conditioning]) -> Conditioning:
@@ -127,6 +129,20 @@ def distill_corpus(rep: GeneratedTriplanes, corpus: Corpus, guidance, cfg: RunCo
 
 
 # --- generate: prompts -> run folders ------------------------------------------------------------
+
+def load_generator(cfg: RunConfig, state: dict, prior) -> GeneratedTriplanes:
+    """A generator run's GeneratedTriplanes (eval mode) from its config and checkpoint state_dict."""
+    text_dim = encode_cached(prior, [""], cfg.system.prompts.cache).shape[-1]
+    seed = cfg.trainer.seed
+    rep = GeneratedTriplanes(build_representation(cfg.system.representation, seed=seed),
+                             cfg.system.amortized.generator, text_dim, seed=seed)
+    prefix = "representation."
+    try:
+        rep.load_weights({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    except RuntimeError as e:
+        raise RunError(f"the checkpoint does not fit the run's generator ({e})") from None
+    return rep.eval()
+
 
 def generated_config(cfg: RunConfig, prompt: str, out: Path) -> RunConfig:
     """The config of one generated run: the generator run's, as a single-process triplane run of
