@@ -26,7 +26,7 @@ from threedgen.amortized import generate, load_generator, read_corpus
 from threedgen.evaluate import evaluate_run
 from threedgen.export.formats import ExportConfig, ExportError
 from threedgen.export.run import export
-from threedgen.files import WriteError
+from threedgen.files import WriteError, remove_temporaries
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH, load_prior, load_video_prior
 from threedgen.prompts import image_prompt_for
@@ -59,7 +59,7 @@ def cmd_fit(args) -> int:
             raise UserError("--resume takes no overrides: a resumed run keeps its config")
         ckpt = runs.checkpoint_path(run)
         runs.read_checkpoint(ckpt)  # damaged, unsafe or diverged: one line before anything loads
-        runs.remove_temporaries(run)  # left by a killed write
+        remove_temporaries(run)  # left by a killed write
     else:
         if not args.config:
             raise UserError("fit needs --config FILE (or --resume RUN_DIR)")
