@@ -241,3 +241,11 @@ def test_ddp_two_processes_kill_one_rank_then_resume(tmp_path):
     assert m["processes"] == 2 and m["steps"] == steps
     assert run_dirs(tmp_path / "out") == [run]  # rank 1 wrote into rank 0's folder, not its own
     assert_intact(run)
+
+
+def test_bench_row_times_the_amortized_step(prior, one_thread):
+    from benchmarks.run import bench_amortized_step
+
+    parts = bench_amortized_step(prior, repeats=1)
+    assert all(parts[k] > 0 for k in ("render", "prior", "backward+optimiser"))
+    assert parts["evals"] == 3 * 8  # ASD: a CFG pair and the later-timestep eps for each of 4 x 2 views

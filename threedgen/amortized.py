@@ -115,16 +115,23 @@ class Corpus:
         return torch.cat([pr.text for pr in procs]), cond
 
 
-def distill_corpus(rep: GeneratedTriplanes, corpus: Corpus, guidance, cfg: RunConfig, step: int,
-                   g: torch.Generator, background: Tensor, pixel_grad_clip: float = 0.0
-                   ) -> tuple[RenderOutput, GuidanceOutput]:
-    """One step's forward on one process: prompts, cameras, planes, renders, guidance."""
+def render_corpus(rep: GeneratedTriplanes, corpus: Corpus, cfg: RunConfig, step: int, g: torch.Generator,
+                  background: Tensor) -> tuple[RenderOutput, Conditioning]:
+    """One step's prompts, cameras, planes and renders on one process -> (renders [P*V, ...],
+    the guidance's conditions for them)."""
     c, a = cfg.system.camera, cfg.system.amortized
     prompts = corpus.draw(a.prompts_per_step, g)
     ranges = CameraRanges(c.elevation, c.distance, c.fov_y)
     cams = sample_cameras(len(prompts) * c.batch_size, ranges, c.resolution, g, c.views_per_group)
     text, cond = corpus.conditions(prompts, cams, step)
-    out = rep.render_batch(rep.generator(text), cams.to(background.device), background, g)
+    return rep.render_batch(rep.generator(text), cams.to(background.device), background, g), cond
+
+
+def distill_corpus(rep: GeneratedTriplanes, corpus: Corpus, guidance, cfg: RunConfig, step: int,
+                   g: torch.Generator, background: Tensor, pixel_grad_clip: float = 0.0
+                   ) -> tuple[RenderOutput, GuidanceOutput]:
+    """One step's forward on one process: ``render_corpus``, then the guidance."""
+    out, cond = render_corpus(rep, corpus, cfg, step, g, background)
     return out, guidance(clip_pixel_grad(out.rgb, pixel_grad_clip), cond, step, generator=g)
 
 
