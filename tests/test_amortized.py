@@ -257,10 +257,10 @@ QUALITY = [
     # (name, corpus, overrides, seen pass rate, held-out pass rate): issue 31's acceptance split,
     # 28 training prompts of 36 (configs/corpora/world-held-out.txt: the prior's 4 held-out
     # combinations and 4 more), the recipe as shipped
-    pytest.param("world-28", "world-train.txt", [], 0.85, 0.60, marks=pytest.mark.slow, id="asd-world-28"),
+    pytest.param("world-28", "world-train.txt", [], 0.85, 0.60, marks=pytest.mark.slow, id="asd-split28"),
     # the ci case: two prompts, a quarter of the steps; both must come out right
     pytest.param("world-2", None, ["trainer.max_steps=600", "system.amortized.prompts_per_step=2"], 1.0, None,
-                 marks=pytest.mark.slow, id="asd-world-2"),
+                 marks=pytest.mark.slow, id="asd-two-prompts"),
 ]
 
 
