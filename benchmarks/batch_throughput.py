@@ -63,7 +63,7 @@ def summed(runs: list[Path]) -> dict:
 
 
 def prior_load_seconds(env: dict) -> float:
-    code = ("import time; from threedgen.config import PriorConfig; from threedgen.priors.diffusion import load_prior; "
+    code = ("import time; from threedgen.config import PriorConfig; from threedgen.registry import load_prior; "
             "t = time.perf_counter(); load_prior(PriorConfig()); print(time.perf_counter() - t)")
     return float(subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, check=True, capture_output=True,
                                 text=True).stdout.split()[-1])

@@ -4,6 +4,7 @@ checkpoints, resume."""
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,16 +15,17 @@ from pytorch_lightning.callbacks import TQDMProgressBar
 from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
+from threedgen.systems.amortized import Amortized
 from threedgen.systems.text_to_3d import TextTo3D
 from threedgen.systems.text_to_4d import TextTo4D
 from threedgen.config import RunConfig
 from threedgen.registry import system_kind
 from threedgen.files import atomic_target
-from threedgen.runs import CKPT, read_checkpoint
+from threedgen.runs import CKPT, RUN_DIR_ENV, read_checkpoint
 
 
 # The systems by kind (``registry.system_kind``); they sit above the registry, so their table is here.
-SYSTEMS = {"text_to_3d": TextTo3D, "text_to_4d": TextTo4D}
+SYSTEMS = {"text_to_3d": TextTo3D, "text_to_4d": TextTo4D, "amortized": Amortized}
 
 
 class AtomicCheckpoint(pl.Callback):
@@ -34,6 +36,9 @@ class AtomicCheckpoint(pl.Callback):
         self.path, self.every = Path(run_dir) / CKPT, every
 
     def save(self, trainer: pl.Trainer) -> None:
+        if not trainer.is_global_zero:  # under DDP rank 0 writes; the others join Lightning's barrier
+            trainer.save_checkpoint(self.path)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_target(self.path) as tmp:
             trainer.save_checkpoint(tmp)
@@ -73,8 +78,12 @@ def _fit(cfg: RunConfig, run_dir: Path, ckpt_path: Path | None, priors: dict) ->
     # it sends the same values, and the validation images, to TensorBoard.
     done = int(read_checkpoint(ckpt_path)["state_dict"]["step_count"]) if ckpt_path else 0
     bar = [TQDMProgressBar(refresh_rate=10)] if sys.stderr.isatty() else []  # none in logs and pipes
+    t = cfg.trainer
+    if t.devices * t.num_nodes > 1:  # the processes Lightning starts write to this run folder too
+        os.environ[RUN_DIR_ENV] = str(run_dir)
     trainer = pl.Trainer(
-        accelerator="auto", devices=1, max_epochs=1, logger=tensorboard_logger(run_dir, done),
+        accelerator="auto", devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        use_distributed_sampler=False, max_epochs=1, logger=tensorboard_logger(run_dir, done),
         log_every_n_steps=1, enable_progress_bar=bool(bar),
         enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0,
         callbacks=[AtomicCheckpoint(run_dir, cfg.trainer.ckpt_every), *bar])

@@ -15,21 +15,20 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import RunConfig
 from threedgen.evaluate import evaluate_run
 from threedgen.export.run import export
-from threedgen.export.views import to_uint8, write_png, write_video
+from threedgen.export.views import to_uint8, write_png
 from threedgen.files import atomic_write
 from threedgen.guidance.base import clip_pixel_grad
 from threedgen.prompts import PromptProcessor
 from threedgen import progress
 from threedgen.report.build import write_report
 from threedgen.registry import build_guidance, build_representation, convert, load_prior
-from threedgen.runs import StepLog, check_finite, load_representation
+from threedgen.runs import StepLog, check_finite, load_representation, write_test_renders
 from threedgen.schedules import ConfigError, value_at
 
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
@@ -100,6 +99,10 @@ class TextTo3D(pl.LightningModule):
         rgb = clip_pixel_grad(out.rgb, value_at(cfg.system.pixel_grad_clip, step))
         return out, self.guidance(rgb, self.prompts.conditioning(cams, step), step, generator=g)
 
+    def step_generator(self, step: int) -> torch.Generator:
+        """The CPU generator every random draw of training step ``step`` comes from."""
+        return torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
+
     def training_step(self, batch, batch_idx):
         step = int(self.step_count)
         loss, logs = self.optimise(*self._optimizers(), backward=self.manual_backward)
@@ -122,7 +125,7 @@ class TextTo3D(pl.LightningModule):
         (detached loss, logs). Random draws come from a CPU generator seeded by (seed, step) and
         are moved to the data's device, so a seed gives the same run on every device."""
         step = int(self.step_count)
-        g = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
+        g = self.step_generator(step)
         self.representation.pre_backward(step, opts)
         out, guided = self.distill(step, g)
         regs = self.representation.regularisers(out, step)
@@ -211,10 +214,8 @@ class TextTo3D(pl.LightningModule):
     def write_test_videos(self, test_dir: Path) -> None:
         """test/NNN.png and test/turntable.mp4: the evaluation orbit."""
         t = self.cfg.test
-        frames = self.render_video_frames(self.orbit_cameras(t.n_frames, t.resolution), "test renders")
-        for i, f in enumerate(frames):
-            Image.fromarray(f).save(test_dir / f"{i:03d}.png")
-        write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
+        write_test_renders(test_dir, self.render_video_frames(self.orbit_cameras(t.n_frames, t.resolution), "test renders"),
+                           t.fps)
 
     def metrics(self) -> dict:
         return {**evaluate_run(self.cfg, self.representation, self.background), **self.timings()}

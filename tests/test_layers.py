@@ -25,7 +25,8 @@ LAYERS = [  # (module prefixes) ground up
     ("threedgen.world",),
     ("threedgen.registry",),
     ("threedgen.config",),
-    ("threedgen.prompts", "threedgen.runs", "threedgen.evaluate", "threedgen.export.run", "threedgen.report"),
+    ("threedgen.prompts", "threedgen.runs", "threedgen.evaluate", "threedgen.export.run", "threedgen.report",
+     "threedgen.amortized"),
     ("threedgen.cli", "threedgen.api", "threedgen.batch", "threedgen.systems", "threedgen.benchmarks", "threedgen"),
 ]
 MAX_LATE = 5

@@ -1,4 +1,4 @@
-"""``threedgen fit | batch | eval | export | report | bench | train-prior | check-prior``.
+"""``threedgen fit | generate | batch | eval | export | report | bench | train-prior | check-prior``.
 
 User errors (bad config, unknown prompt word, missing, damaged or unsafe checkpoint, unwritable
 folder) print one line, ``threedgen: error: ...``, and exit with code 2; no traceback. Faults
@@ -23,6 +23,7 @@ import transformers
 from threedgen import batch
 from threedgen import config as C
 from threedgen import runs
+from threedgen.amortized import generate, load_generator, read_corpus
 from threedgen.api import Run, fit_config
 from threedgen.evaluate import metrics_table
 from threedgen.export.formats import ExportConfig, ExportError
@@ -30,7 +31,7 @@ from threedgen.export.run import export
 from threedgen.files import WriteError, atomic_write
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
-from threedgen.registry import FORMATS
+from threedgen.registry import FORMATS, load_prior
 from threedgen.report.build import ReportError, report
 from threedgen.world import classifier as K
 from threedgen.world import train as T
@@ -77,6 +78,24 @@ def cmd_batch(args) -> int:
         raise UserError(f"batch --retries: must be at least 0, got {args.retries}")
     return batch.run_batch(Path(args.prompts), args.config, args.overrides, args.out, args.address, args.workers,
                            args.retries, ["threedgen", *args.argv])
+
+
+def cmd_generate(args) -> int:
+    run = Path(args.generator_run)
+    prompts = list(args.prompts) + (read_corpus(args.prompts_file) if args.prompts_file else [])
+    if not prompts:
+        raise UserError('generate needs prompts: PROMPT ... (e.g. "a blue cone") or --prompts FILE')
+    cfg = runs.load_run_config(run)
+    if cfg.system.amortized is None:
+        raise UserError(f"{run}: not a generator run (its config has no system.amortized); fit one with "
+                        "configs/amortized-asd.yaml")
+    state = runs.read_checkpoint(runs.checkpoint_path(run))["state_dict"]
+    prior = load_prior(cfg.system.prior)
+    rep = load_generator(cfg, state, prior)
+    out = Path(args.out) if args.out else run / "generated"
+    done = generate(rep, prior, cfg, prompts, out, run, ["threedgen", *args.argv])
+    print(json.dumps([{"run": str(r), **m} for r, m in done], indent=2))
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -208,6 +227,13 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     f.add_argument("overrides", nargs="*", help='dotted key=value, e.g. prompt="a red cube" trainer.max_steps=800')
     f.set_defaults(func=cmd_fit)
+
+    g = sub.add_parser("generate", help="a trained generator's object for each prompt, one run folder each")
+    g.add_argument("generator_run", help="the run folder of an amortized fit (configs/amortized-*.yaml)")
+    g.add_argument("prompts", nargs="*", help='prompts, e.g. "a blue cone" "a red torus"')
+    g.add_argument("--prompts", dest="prompts_file", metavar="FILE", help="a text file, one prompt a line")
+    g.add_argument("--out", help="where the run folders go (default: GENERATOR_RUN/generated)")
+    g.set_defaults(func=cmd_generate)
 
     a = sub.add_parser("batch", help="fit every prompt of a file on a Ray cluster (a local one by default), "
                                      "one run folder each under one batch folder")

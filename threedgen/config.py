@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from threedgen.registry import CONFIG_TABLES, FORMATS, GUIDANCE, REPRESENTATIONS
+from threedgen.representations.generator import TriplaneGenerator, upsamplings
 from threedgen.schedules import ConfigError, Ramp, Scheduled, check_at_least, check_image_size
 
 
@@ -136,9 +137,15 @@ class TrainerConfig:
     val_every: int = 200
     ckpt_every: int = 100
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    # Lightning DDP, amortized runs only (system.amortized): processes per node and nodes
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp"] = "auto"
 
     def __post_init__(self):
-        check_at_least(self, 1, "max_steps", "ckpt_every")
+        check_at_least(self, 1, "max_steps", "ckpt_every", "devices", "num_nodes")
+        if self.devices * self.num_nodes > 1 and self.strategy != "ddp":
+            raise ValueError("strategy: several devices or nodes need strategy=ddp")
         check_at_least(self, 0, "val_every", "seed")
         if self.seed >= 2**32:
             raise ValueError(f"seed: must be below 2^32, got {self.seed}")
@@ -216,6 +223,23 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
+class AmortizedConfig:
+    """One prompt-conditioned generator for a whole prompt corpus (systems/amortized.py). Each
+    step draws ``prompts_per_step`` prompts from this process's shard of ``corpus`` (a text file,
+    one prompt a line; a relative path is read from the working folder) and renders
+    ``system.camera.batch_size`` views of each; the total batch is prompts_per_step x processes."""
+
+    corpus: str
+    generator: TriplaneGenerator.Config = field(default_factory=TriplaneGenerator.Config)
+    prompts_per_step: int = 4
+
+    def __post_init__(self):
+        check_at_least(self, 1, "prompts_per_step")
+        if not self.corpus.strip():
+            raise ValueError("corpus: is empty; give a text file with one prompt a line")
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     representation: Any = field(metadata={"table": "representations"})  # a Config chosen by its ``name``
     guidance: Any = field(metadata={"table": "guidance"})  # a guidance method's Config, chosen by its ``name``
@@ -226,9 +250,18 @@ class SystemConfig:
     # Clamp the gradient reaching each rendered pixel to [-c, c] (Dreamer XL); 0 = off.
     pixel_grad_clip: Scheduled = 0.0
     video: VideoConfig | None = None  # set: a text-to-4D run (needs a dynamic representation)
+    amortized: AmortizedConfig | None = None  # set: one generator for a prompt corpus
 
     def __post_init__(self):
         check_representation_size(self.representation)
+        if self.amortized is not None and (self.representation.name != "triplane" or self.video is not None):
+            raise ValueError(f"amortized: the generator outputs triplanes (representation.name: triplane, "
+                             f"no video), not {self.representation.name}")
+        if self.amortized is not None:
+            try:
+                upsamplings(self.representation.resolution, self.amortized.generator.tokens)
+            except ValueError as e:
+                raise ValueError(f"amortized: generator: {e}") from None
         if self.video is None:
             return
         if not REPRESENTATIONS[self.representation.name].dynamic:
@@ -301,6 +334,16 @@ class RunConfig:
         if not parts or Path(self.name).is_absolute() or ".." in parts:
             raise ValueError(f"name: {self.name!r} is not a plain relative path (runs go to "
                              "<output_dir>/<name>/...; no '..', no leading '/')")
+        t = self.trainer
+        if self.system.amortized is None and (t.devices * t.num_nodes > 1 or t.strategy == "ddp"):
+            raise ValueError("trainer: several processes (devices, num_nodes, strategy=ddp) train an amortized "
+                             "generator (system.amortized); a per-prompt run takes one device")
+        if self.system.amortized is not None and self.init_from:
+            raise ValueError("init_from: an amortized run starts its generator from scratch (fine-tune a "
+                             "generated run folder instead)")
+        if self.system.amortized is not None and self.test.export:
+            raise ValueError("test: export: an amortized run exports nothing itself; use [] and export the "
+                             "run folders `threedgen generate` writes")
 
 
 # --- building dataclasses from plain data ------------------------------------------------------
@@ -418,6 +461,15 @@ def recipes() -> dict[str, Path]:
     """The shipped recipes by name: ``{"gaussians-sds": .../configs/gaussians-sds.yaml, ...}``."""
     folder = Path(str(importlib.resources.files(RECIPE_PACKAGE)))
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def shipped_path(path: str | Path) -> Path:
+    """A file a recipe names (``configs/corpora/world-train.txt``): as given when it exists, else
+    the shipped one under the installed configs/ folder, so recipes by name work from any folder."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or path.parts[:1] != ("configs",):
+        return path
+    return Path(str(importlib.resources.files(RECIPE_PACKAGE))).joinpath(*path.parts[1:])
 
 
 def recipe_path(config: str | Path) -> Path:

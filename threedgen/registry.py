@@ -135,5 +135,8 @@ def convert(source, target_cfg, seed: int = 0):
 
 
 def system_kind(cfg) -> str:
-    """"text_to_4d" for a run with video guidance (``system.video``), else "text_to_3d"."""
+    """"amortized" for a prompt-corpus generator (``system.amortized``), "text_to_4d" for a run
+    with video guidance (``system.video``), else "text_to_3d"."""
+    if cfg.system.amortized is not None:
+        return "amortized"
     return "text_to_3d" if cfg.system.video is None else "text_to_4d"

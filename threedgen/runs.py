@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import json
+import os
 import pickle
 import re
 import shlex
@@ -23,15 +24,22 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from threedgen import config as C
+from threedgen.export.views import write_video
 from threedgen.files import RunError, atomic_write, remove_temporaries
 from threedgen.prompts import image_prompt_for
 from threedgen.registry import build_representation, load_prior, load_video_prior
 
 CONFIG_FILE, CKPT = "config.yaml", Path("ckpts") / "last.ckpt"
+# A multi-process (DDP) launch starts every process with the same command: they share the run
+# folder named here. Lightning's own launcher (trainer.devices > 1) sets it for the processes it
+# starts; under torchrun or srun set it yourself.
+RUN_DIR_ENV = "THREEDGEN_RUN_DIR"
 
 
 def slug(prompt: str) -> str:
@@ -39,7 +47,18 @@ def slug(prompt: str) -> str:
 
 
 def create_run_dir(cfg: C.RunConfig) -> Path:
-    """Make a fresh run folder (never reusing one) and check it is writable."""
+    """Make a fresh run folder (never reusing one) and check it is writable; with $THREEDGEN_RUN_DIR
+    set, that folder (every process of a launch uses it), which must hold no checkpoint yet."""
+    shared = os.environ.get(RUN_DIR_ENV)
+    if shared:
+        run = Path(shared)
+        if (run / CKPT).exists():
+            raise RunError(f"{run} (${RUN_DIR_ENV}) already holds a run; resume it with --resume {run}")
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"run folder {run} cannot be created ({e.strerror})") from None
+        return run
     parent = Path(cfg.output_dir) / cfg.name
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -64,6 +83,14 @@ def create_run_dir(cfg: C.RunConfig) -> Path:
 def save_config(run: Path, cfg: C.RunConfig, argv: list[str]) -> None:
     atomic_write(run / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(C.to_dict(cfg))), sort_keys=False))
     atomic_write(run / "cmd.txt", shlex.join(argv) + "\n")  # replayable in a shell
+
+
+def write_test_renders(test_dir: Path, frames: np.ndarray, fps: int) -> None:
+    """frames [N, H, W, 3] uint8 -> test/NNN.png and test/turntable.mp4."""
+    test_dir.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(test_dir / f"{i:03d}.png")
+    write_video(test_dir / "turntable.mp4", frames, fps=fps)
 
 
 def load_run_config(run: Path) -> C.RunConfig:
