@@ -146,9 +146,9 @@ def bench_amortized_step(prior, repeats: int) -> dict[str, float]:
     """One step of the amortized recipe (configs/amortized-asd.yaml: 4 prompts x 2 views of its
     corpus, the generator's forward, the renders, ASD, backward through the generator), split
     into parts, with the prior evaluations of a step."""
-    cfg = load_config([RECIPES / "amortized-asd.yaml"])
+    cfg = load_config([RECIPES["amortized-asd"]])
     s = cfg.system
-    corpus = Corpus(prior, read_corpus(RECIPES.parent / s.amortized.corpus))
+    corpus = Corpus(prior, read_corpus(s.amortized.corpus))
     text_dim = corpus.processor(corpus.prompts[0]).text.shape[-1]
     rep = GeneratedTriplanes(build_representation(s.representation), s.amortized.generator, text_dim).train()
     guidance = build_guidance(s.guidance, prior)

@@ -23,7 +23,8 @@ from tests.test_fit import assert_intact, fit
 from threedgen import config as C
 from threedgen.amortized import Corpus, read_corpus, shard, step_generator
 from threedgen.cli import main
-from threedgen.priors.diffusion import DiffusionPrior
+from threedgen.priors.diffusion import EMBEDDED_PATH
+from threedgen.registry import prior_from_pretrained
 from threedgen.representations.generator import TriplaneGenerator
 from threedgen.schedules import ConfigError
 
@@ -44,7 +45,7 @@ def corpus_file(tmp_path, prompts, name="corpus.txt") -> Path:
 
 @pytest.fixture(scope="module")
 def prior():
-    return DiffusionPrior.from_pretrained()
+    return prior_from_pretrained(EMBEDDED_PATH)
 
 
 # --- the generator -------------------------------------------------------------------------------

@@ -207,10 +207,11 @@ def test_sampling_shows_progress_on_a_terminal(monkeypatch):
 
     from threedgen.cameras import make_cameras
     from threedgen.priors.cfg import Conditioning
-    from threedgen.priors.diffusion import EMBEDDED_PATH, DiffusionPrior
+    from threedgen.priors.diffusion import EMBEDDED_PATH
+    from threedgen.registry import prior_from_pretrained
     from threedgen.priors.sampling import ddim_sample
 
-    prior = DiffusionPrior.from_pretrained(EMBEDDED_PATH)
+    prior = prior_from_pretrained(EMBEDDED_PATH)
     cams = make_cameras([20.0], [0.0], 2.8, 30.0, prior.resolution)
     cond = Conditioning(prior.encode_prompts(["a red cube"]), prior.encode_prompts([""]),
                         prior.camera_condition(cams, 1), prior.camera_condition(None, 1))

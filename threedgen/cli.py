@@ -118,10 +118,16 @@ def cmd_eval(args) -> int:
         atomic_write(Path(args.out), json.dumps(rows, indent=2) + "\n")
     fmt = args.format or ("json" if len(rows) == 1 else "markdown")
     if fmt == "json":
-        print(json.dumps(rows[0] if len(rows) == 1 else rows, indent=2))
+        # one run: its metrics as Run.evaluate returns them; several: a list naming each run
+        print(json.dumps(metrics_of(rows[0]) if len(rows) == 1 else rows, indent=2))
     else:
         print(metrics_table(rows, fmt), end="")
     return 0
+
+
+def metrics_of(row: dict) -> dict:
+    """An eval row without the run folder it names."""
+    return {k: v for k, v in row.items() if k != "run"}
 
 
 def cmd_export(args) -> int:
