@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
 from threedgen.schedules import Scheduled, value_at
-from threedgen.render.gaussians import render_gaussians
+from threedgen.render.gaussians import footprint_eps2d, render_gaussians
 from threedgen.render.types import RenderOutput
 
 SH_C0 = 0.28209479177387814  # degree-0 SH basis constant
@@ -69,6 +69,11 @@ class Gaussians(nn.Module):
     K = (sh_degree + 1)^2 (gsplat's convention: rgb = SH(dir) + 0.5).
     Use one optimizer per parameter, keyed like ``params``, for DefaultStrategy.
     """
+
+    # The image size the Gaussians were fitted at (the system's camera resolution; None: not
+    # known). Larger renders keep the fit's pixel footprint (render.gaussians.footprint_eps2d):
+    # without it Gaussians fitted at 32^2 render porous at 256^2.
+    fit_resolution: int | None = None
 
     def __init__(self, means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor,
                  colors: Tensor, sh_degree: int = 0):
@@ -358,8 +363,10 @@ class Gaussians(nn.Module):
 
     def render(self, cameras: Cameras, background: Tensor, backend: str = "auto",
                generator: torch.Generator | None = None) -> RenderOutput:
-        """Render into cameras over background [3]; see render_gaussians. (``generator`` is
-        accepted for the common interface: rasterization is deterministic.)"""
+        """Render into cameras over background [3]; see render_gaussians, with the fit's pixel
+        footprint (``fit_resolution``). (``generator`` is accepted for the common interface:
+        rasterization is deterministic.)"""
         return render_gaussians(self.means, self.quats, self.scales, self.opacities, self.colors,
                                 cameras.to(self.means.device), background,
-                                sh_degree=self.sh_degree or None, backend=backend)
+                                sh_degree=self.sh_degree or None, backend=backend,
+                                eps2d=footprint_eps2d(cameras.height, self.fit_resolution))
