@@ -1,6 +1,6 @@
 """Exported assets as the standard tools open them (issue 29): the up axis of every file, the
 glb's normals and vertex colours, the Khronos glTF validator on a glb of each representation, a
-4D run as one animated glb."""
+4D run as one animated glb, and normal maps from the representations' own geometry."""
 
 from __future__ import annotations
 
@@ -10,19 +10,22 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
 import trimesh
 
 from tests.helpers import REPO
-from tests.test_export_mesh import painted_sphere_mesh, two_tone_cube_nerf
+from tests.test_export_mesh import BG, painted_sphere_mesh, two_tone_cube_nerf
 from threedgen import config as C
+from threedgen.cameras import make_cameras
 from threedgen.export.axes import rotation, to_file
 from threedgen.export.formats import ExportConfig, Job
 from threedgen.export.gltf import read_glb, srgb_to_linear
 from threedgen.export.mesh import textured_mesh, write_glb, write_obj, write_ply
 from threedgen.export.splat import read_splat_ply, write_splat_ply
+from threedgen.export.views import normals_from_depth, view_cameras, write_view_set
 from threedgen.registry import FORMATS
 from threedgen.representations.dynamic_gaussians import DynamicGaussians
 from threedgen.representations.gaussians import Gaussians
@@ -290,3 +293,57 @@ def test_khronos_validator_finds_nothing_in_any_glb(tmp_path, gltf_validator, cu
         assert (r["numErrors"], r["numWarnings"]) == (0, 0), (name, r["messages"][:5])
     print({name: {k: reports[str(p)][k] for k in ("numErrors", "numWarnings", "numInfos", "numHints")}
            for name, p in paths.items()})
+
+
+# ---------------------------------------------------------------------- normal maps
+def face_on_cube_normals(rep) -> tuple[torch.Tensor, torch.Tensor]:
+    """A view of the cube's +x face head on: (the representation's normals, normals from its
+    depth), each at the pixels of the face's central part [P, 3]."""
+    cams = make_cameras(0.0, 0.0, 2.8, 30.0, 96)
+    out = rep.render_with_normals(cams, BG)
+    origins, dirs = cams.rays()
+    hit = origins[0] + dirs[0] * (2.8 - 0.4) / dirs[0, ..., 0:1].neg()  # where the ray meets x = 0.4
+    centre = (hit[..., 1].abs() < 0.25) & (hit[..., 2].abs() < 0.25) & (out.alpha[0, 0] > 0.99)
+    from_depth = normals_from_depth(out.depth, cams)
+    return out.normal[0].permute(1, 2, 0)[centre], from_depth[0].permute(1, 2, 0)[centre]
+
+
+def gaussian_cube() -> Gaussians:
+    """Small opaque Gaussians on the surface of a cube of half-size 0.4, jittered as a fit leaves them."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(12000, 3, generator=g) * 0.8 - 0.4
+    face = torch.randint(0, 3, (12000,), generator=g)
+    p[torch.arange(12000), face] = torch.where(torch.rand(12000, generator=g) < 0.5, -0.4, 0.4)
+    p += 0.01 * torch.randn(12000, 3, generator=g)
+    return Gaussians.from_points(p, torch.full((12000, 3), 0.6), scale=0.02, opacity=0.9).eval()
+
+
+@pytest.mark.parametrize("name", ["nerf", "gaussians"])
+def test_normal_maps_come_from_the_representation(name):
+    """On a flat face the representation's normals agree with the face's normal, and spread
+    less than normals differenced from depth one pixel apart: a NeRF's density gradient, and
+    Gaussians' depth differenced across one pixel of their fit (fitted at 24^2, seen at 96^2)."""
+    rep = two_tone_cube_nerf() if name == "nerf" else gaussian_cube()
+    if name == "gaussians":
+        rep.fit_resolution = 24
+    normals, from_depth = face_on_cube_normals(rep)
+    assert len(normals) > 300
+    cos = normals @ torch.tensor([1.0, 0.0, 0.0])
+    spread = lambda n: float((n - n.mean(0)).norm(dim=-1).mean().detach())  # noqa: E731
+    assert cos.median() > 0.99 and cos.min() > 0.9, (cos.median(), cos.min())
+    assert spread(normals) < spread(from_depth) or spread(from_depth) < 0.01, (spread(normals), spread(from_depth))
+    print(name, "spread", round(spread(normals), 4), "from depth", round(spread(from_depth), 4))
+
+
+def test_view_set_normal_maps_use_the_representation(tmp_path):
+    """The view set's normal PNGs hold the representation's normals (a triplane's density gradient)."""
+    rep = triplane_blob()
+    cams = view_cameras((20.0,), 2, 2.8, 30.0, 48)
+    write_view_set(rep, cams, tmp_path, BG)
+    img = imageio.imread(tmp_path / "normals" / "000.png").astype(np.float32) / 255
+    n = img[..., :3] * 2 - 1
+    solid = img[..., 3] > 0.99
+    with torch.no_grad():
+        out = rep.render_with_normals(cams[:1], BG)
+    expected = out.normal[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(n[solid], expected[solid], atol=1.5 / 255 * 2)

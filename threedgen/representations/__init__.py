@@ -3,7 +3,9 @@
 Each class has a nested ``Config`` dataclass, a ``from_config(cfg, seed)`` constructor, and the
 calls the system makes: ``render(cameras, background, generator=None) -> RenderOutput``,
 ``optimizers()``, ``regularisers(out, step)``, ``pre_backward(step, optimizers)``,
-``post_step(step, out, optimizers)``, ``load_weights(state)``. Dynamic ones (4D) also render at
+``post_step(step, out, optimizers)``, ``load_weights(state)``; and for normal maps
+``render_with_normals(cameras, background)``, a render whose ``normal`` holds unit world normals
+from the representation's own geometry. Dynamic ones (4D) also render at
 ``Cameras.time`` and give a static snapshot ``at_time(t)``.
 
 Capabilities are declared as class attributes, never probed with hasattr/isinstance:

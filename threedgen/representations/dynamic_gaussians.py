@@ -212,8 +212,24 @@ class DynamicGaussians(Gaussians):
                 cameras[sel].to(self.means.device),
                 background, sh_degree=self.sh_degree or None, backend=backend,
                 eps2d=footprint_eps2d(cameras.height, self.fit_resolution))))
-        if len(outs) == 1:
-            return outs[0][1]
-        order = torch.cat([sel for sel, _ in outs]).argsort()
-        cat = lambda name: torch.cat([getattr(o, name) for _, o in outs])[order]  # noqa: E731
-        return RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"))
+        return _gather(outs)
+
+    def render_with_normals(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        """Each camera at its own time: the snapshot's (``at_time``) render with its normals
+        (``Gaussians.render_with_normals``)."""
+        if cameras.time is None:
+            return super().render_with_normals(cameras, background)
+        return _gather([((cameras.time == t).nonzero().squeeze(-1),
+                         self.at_time(t).render_with_normals(cameras[cameras.time == t], background))
+                        for t in cameras.time.unique().tolist()])
+
+
+def _gather(outs: list[tuple[Tensor, RenderOutput]]) -> RenderOutput:
+    """Renders of camera subsets (camera indices [b], RenderOutput of b views) -> one render of
+    all the cameras in their order (normals where every part has them)."""
+    if len(outs) == 1:
+        return outs[0][1]
+    order = torch.cat([sel for sel, _ in outs]).argsort()
+    cat = lambda name: torch.cat([getattr(o, name) for _, o in outs])[order]  # noqa: E731
+    normal = cat("normal") if all(o.normal is not None for _, o in outs) else None
+    return RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"), normal=normal)
