@@ -48,6 +48,8 @@ class TextTo3D(pl.LightningModule):
             self.representation = convert(source, s.representation, seed=cfg.trainer.seed)
         else:
             self.representation = build_representation(s.representation, seed=cfg.trainer.seed)
+        if self.representation.has_splats:  # larger renders keep the fit's pixel footprint
+            self.representation.fit_resolution = s.camera.resolution
         if s.camera.views_per_group != self.prior.num_views:
             raise ConfigError(f"system.camera.views_per_group: the prior denoises groups of {self.prior.num_views} "
                               f"view(s), got {s.camera.views_per_group}")

@@ -27,7 +27,7 @@ def test_splat_ply_reloads_bit_for_bit(tmp_path, sh_degree):
 
 def test_splat_ply_has_the_3dgs_layout(tmp_path):
     g = Gaussians.from_random_ball(10, seed=2, sh_degree=1)
-    write_splat_ply(g, tmp_path / "s.ply")
+    write_splat_ply(g, tmp_path / "s.ply", up="z")  # the project's frame (the default turn: test_assets.py)
     raw = (tmp_path / "s.ply").read_bytes()
     header = raw[:raw.index(b"end_header")].decode().splitlines()
     props = [line.split()[2] for line in header if line.startswith("property")]
@@ -45,7 +45,7 @@ def test_splat_ply_has_the_3dgs_layout(tmp_path):
 
 def test_foreign_degree0_file_reloads_through_f_dc(tmp_path):
     g = Gaussians.from_random_ball(20, seed=3)
-    write_splat_ply(g, tmp_path / "s.ply")
+    write_splat_ply(g, tmp_path / "s.ply", up="z")  # the project's frame (the default turn: test_assets.py)
     raw = (tmp_path / "s.ply").read_bytes()
     header, body = raw.split(b"end_header\n")
     n_props = header.count(b"property")

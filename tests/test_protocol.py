@@ -135,6 +135,9 @@ class Voxels(nn.Module):
         empty = lambda c: torch.zeros(len(cameras), c, cameras.height, cameras.width)  # noqa: E731
         return RenderOutput(empty(3) + background[:, None, None], empty(1), empty(1))
 
+    def render_with_normals(self, cameras, background) -> RenderOutput:
+        return self.render(cameras, background)
+
     def surface_colour(self, points, normals):
         return points
 

@@ -381,3 +381,50 @@ def test_projection_kernel_matches_the_torch_projection_with_gradients():
 
     assert visible_outputs(*small)[0].shape[0] >= 12
     assert torch.autograd.gradcheck(visible_outputs, small)
+
+
+# --- the fit's pixel footprint at larger sizes (issue 29) ----------------------------------------
+
+def test_tiled_matches_dense_with_a_wide_dilation():
+    """The footprint dilation (eps2d far above gsplat's 0.3) reaches both paths alike."""
+    params, cams, bg = _scene(n=200)
+    rt, at, mt = _run(rasterize_cpu, params, cams, bg, eps2d=19.2, tile_size=8)
+    rd, ad, md = _run(rasterize_dense, params, cams, bg, eps2d=19.2)
+    assert torch.equal(mt["radii"], md["radii"])
+    torch.testing.assert_close(rt, rd, atol=3e-5, rtol=1e-4)
+    torch.testing.assert_close(at, ad, atol=3e-5, rtol=1e-4)
+    plain = _run(rasterize_cpu, params, cams, bg, tile_size=8)[1]
+    assert (at - plain).abs().max() > 0.1  # it widens the footprints
+
+
+def test_larger_renders_sample_the_image_of_the_fit():
+    """Gaussians fitted at 32^2 rendered at 9 x 32 = 288^2: every 9th pixel (a 32^2 pixel's
+    centre) takes the 32^2 render's value, so the larger image holds no hole the fit did not
+    show; at gsplat's plain 0.3 px^2 the same Gaussians fall apart into dots (porous)."""
+    g = Gaussians.from_random_ball(1500, radius=0.5, seed=3)
+    with torch.no_grad():
+        g.params["scales"].sub_(1.2)  # far smaller than a 32^2 pixel (0.09 at the object)
+        g.params["opacities"].fill_(3.0)
+    cams = orbit(2, 20.0, DIST, FOV, 32)
+    g.fit_resolution = 32
+    fit = g.render(cams, torch.ones(3)).alpha
+    big = g.render(cams.resized(288), torch.ones(3)).alpha
+    torch.testing.assert_close(big[..., 4::9, 4::9], fit, atol=2e-5, rtol=1e-4)
+    inside = fit > 0.5
+    g.fit_resolution = None
+    plain = g.render(cams.resized(288), torch.ones(3)).alpha[..., 4::9, 4::9]
+    assert (big[..., 4::9, 4::9][inside] < 0.5).float().mean() == 0
+    assert (plain[inside] < 0.5).float().mean() > 0.2  # what the fix removes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gsplat_cuda_matches_cpu_with_the_fit_footprint():
+    """render_gaussians passes the footprint dilation to gsplat's kernels as to the CPU path."""
+    params, cams, bg = _scene(n=500, size=32)
+    args = [p.detach() for p in params[:4]] + [params[4].detach()]
+    big = cams.resized(96)
+    cpu = render_gaussians(*args, big, bg[0], backend="cpu", eps2d=2.7)
+    gpu = render_gaussians(*[a.cuda() for a in args], big.to("cuda"), bg[0].cuda(), eps2d=2.7)
+    torch.testing.assert_close(gpu.alpha.cpu(), cpu.alpha, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(gpu.rgb.cpu(), cpu.rgb, atol=1e-4, rtol=1e-3)

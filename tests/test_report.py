@@ -299,8 +299,6 @@ def test_the_3d_view_draws_the_glb(page, runs):
     np.testing.assert_allclose([viewer["bbox"]["min"], viewer["bbox"]["max"]], mesh.bounds, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 29 axes: glb is still written z-up on this branch; the y-up "
-                                       "export fix is on another branch. Remove this mark when it is merged")
 def test_the_cone_stands_apex_up_along_y_in_three_js(page):
     """glTF is y-up. The world's cone is wider (1.24) than tall (1.1), so its bounding box is
     not tallest along its axis; what tells up is its apex: along the up axis, the vertices in the

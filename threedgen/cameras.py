@@ -85,6 +85,13 @@ class Cameras:
         origins = self.c2w[:, None, None, :3, 3].expand_as(dirs)
         return origins, dirs
 
+    def points_at(self, depth: Tensor) -> Tensor:
+        """depth [B, 1, H, W] camera-space (along the viewing axis) -> the world points [B, H, W, 3]
+        on the pixels' rays at that depth."""
+        origins, dirs = self.rays()
+        forward = -self.c2w[:, None, None, :3, 2]
+        return origins + dirs * (depth[:, 0, ..., None] / (dirs * forward).sum(-1, keepdim=True))
+
 
 def look_at(elevation: Tensor, azimuth: Tensor, distance: Tensor) -> Tensor:
     """[B] degrees, degrees, units -> [B, 4, 4] OpenGL c2w looking at the origin, z up."""

@@ -62,7 +62,7 @@ REPRESENTATIONS = {"gaussians": Gaussians, "mesh": Mesh, "nerf": NeRF, "triplane
 
 GUIDANCE = {"sds": SDS, "vsd": VSD, "esd": ESD, "ism": ISM, "tsm": TSM, "asd": ASD, "csds": CSDS}
 
-FORMATS = {"glb": F.mesh_format(F.glb), "obj": F.mesh_format(F.obj), "ply": F.mesh_format(F.ply),
+FORMATS = {"glb": F.mesh_format(F.glb, F.animated_glb), "obj": F.mesh_format(F.obj), "ply": F.mesh_format(F.ply),
            "splat": F.splat, "mp4": F.turntable("mp4"), "gif": F.turntable("gif"), "views": F.views,
            "gpteval3d": F.gpteval3d}
 

@@ -191,6 +191,8 @@ def load_representation(run: Path):
     except RuntimeError:  # load_state_dict: missing, unexpected or mis-shaped tensors
         raise RunError(f"{ckpt}: its weights do not fit the run's {cfg.system.representation.name} "
                        "representation (config.yaml and the checkpoint disagree)") from None
+    if rep.has_splats:  # larger renders keep the fit's pixel footprint (Gaussians.fit_resolution)
+        rep.fit_resolution = cfg.system.camera.resolution
     return cfg, rep.eval()
 
 

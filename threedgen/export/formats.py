@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 
 from threedgen.cameras import make_cameras, orbit
+from threedgen.export.axes import Up
+from threedgen.export.gltf import glb as glb_bytes
 from threedgen.export.mesh import SurfaceError, bake_views, fidelity, textured_mesh, write_glb, write_obj, write_ply
 from threedgen.export.splat import write_splat_ply
 from threedgen.export import views as V
@@ -48,6 +50,10 @@ class ExportConfig:
     background: tuple[float, float, float] | None = None  # default: the run's background
     times: int = 8  # 4D runs: frames of the mesh and splat sequences (times k / times)
     prompt_id: int = 0  # gpteval3d: the prompt's index in GPTEval3D's prompts.json (its folder name)
+    # The files' up axis (export.axes): "y" (glTF's, and what Blender and three.js assume for OBJ
+    # and PLY), "-y" (3DGS viewers'), "z" (the project's own). Default: y for glb, obj and ply,
+    # -y for splat. transforms.json (views) keeps nerfstudio's convention whatever this says.
+    up: Up | None = None
 
     def __post_init__(self):
         if self.grid < 8 or self.texture_size < 8 or (self.resolution is not None and self.resolution < 8):
@@ -125,24 +131,35 @@ class Job:
         return meshes
 
 
-def mesh_format(write):
-    """A format that writes each textured mesh with ``write(mesh, job, suffix)``."""
+def mesh_format(write, sequence=None):
+    """A format that writes each textured mesh with ``write(mesh, job, suffix)``; for a 4D run,
+    ``sequence(job)`` also writes all frames as one file."""
     def run(job: Job) -> list[Path]:
-        return [p for suffix, m in job.meshes.items() for p in write(m, job, suffix)] + [job.out / "mesh.json"]
+        whole = sequence(job) if sequence and job.dynamic else []
+        return whole + [p for suffix, m in job.meshes.items() for p in write(m, job, suffix)] + [job.out / "mesh.json"]
 
     return run
 
 
 def glb(m, job: Job, suffix: str) -> list[Path]:
-    return write_glb(m, job.out / f"mesh{suffix}.glb")
+    return write_glb(m, job.out / f"mesh{suffix}.glb", up=job.opts.up or "y")
+
+
+def animated_glb(job: Job) -> list[Path]:
+    """A 4D run's frames as one .glb that plays them in turn (``export.gltf``), at the turntable's
+    pace: one period of the motion in ``frames / fps`` seconds."""
+    o = job.opts
+    path = job.out / "mesh.glb"
+    atomic_write(path, glb_bytes(list(job.meshes.values()), o.up or "y", frame_seconds=o.frames / o.fps / o.times))
+    return [path]
 
 
 def obj(m, job: Job, suffix: str) -> list[Path]:
-    return write_obj(m, job.out / f"obj{suffix}")
+    return write_obj(m, job.out / f"obj{suffix}", up=job.opts.up or "y")
 
 
 def ply(m, job: Job, suffix: str) -> list[Path]:
-    return write_ply(m, job.out / f"mesh{suffix}.ply")
+    return write_ply(m, job.out / f"mesh{suffix}.ply", up=job.opts.up or "y")
 
 
 def splat(job: Job) -> list[Path]:
@@ -152,7 +169,7 @@ def splat(job: Job) -> list[Path]:
     paths = []
     for suffix, _, rep in job.frames:
         paths.append(job.out / f"splat{suffix}.ply")
-        write_splat_ply(rep, paths[-1])
+        write_splat_ply(rep, paths[-1], up=job.opts.up or "-y")
     return paths
 
 

@@ -13,9 +13,13 @@
   nearest filled one (seam dilation: bilinear lookups and mipmaps never pull in the background).
   The colours are as rendered, shading included: the embedded prior learnt shaded objects, so
   the exported asset looks like the renders under an unlit (emissive-like) material.
-- Files (each written atomically): ``.glb`` (textured, one file), ``.obj`` with its ``.mtl``
-  and texture ``.png`` in a folder of its own, ``.ply`` (vertex colours, per-vertex ``s t`` UVs
-  and a ``comment TextureFile`` naming the texture beside it, as MeshLab writes).
+- Normals: smooth (area-weighted) vertex normals of the welded surface, before the atlas splits
+  vertices at its seams, carried to the split copies through xatlas's vertex map.
+- Files (each written atomically), y-up by default (``up``; ``export.axes``): ``.glb``
+  (``export.gltf``: normals, texture, vertex colours; one file), ``.obj`` with normals, its
+  ``.mtl`` and texture ``.png`` in a folder of its own, ``.ply`` (normals, vertex colours,
+  per-vertex ``s t`` UVs and a ``comment TextureFile`` naming the texture beside it, as MeshLab
+  writes).
 - ``fidelity``: the textured mesh re-rendered by the project's rasterizer against the
   representation's own renders (silhouette IoU, colour PSNR inside the rendered mask).
 """
@@ -30,9 +34,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import trimesh
+from PIL import Image
 from torch import Tensor
 
 from threedgen.cameras import Cameras, make_cameras
+from threedgen.export.axes import Up, to_file
+from threedgen.export.gltf import glb, textured_trimesh
 from threedgen.render.mesh import face_normals, project, rasterize
 from threedgen.representations.isosurface import extract_isosurface
 from threedgen.files import atomic_write
@@ -46,13 +54,16 @@ class SurfaceError(ValueError):
 class TexturedMesh:
     """verts [V, 3] float32 (world, z up); faces [F, 3] int64 (counter-clockwise seen from
     outside); uv [V, 2] float32 in [0, 1] (v up, the OBJ convention); texture [T, T, 3] uint8
-    (row 0 is v = 1); vertex_colors [V, 3] uint8; info: how it was made."""
+    (row 0 is v = 1); vertex_colors [V, 3] uint8 (sRGB, as rendered); normals [V, 3] float32
+    unit, outward, smooth (computed before the seams split the vertices, so the copies of a
+    vertex on either side of a seam share one); info: how it was made."""
 
     verts: np.ndarray
     faces: np.ndarray
     uv: np.ndarray
     texture: np.ndarray
     vertex_colors: np.ndarray
+    normals: np.ndarray
     info: dict = field(default_factory=dict)
 
 
@@ -90,7 +101,6 @@ def decimate(verts: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[np.n
     aggression levels are tried in turn and the first watertight result is kept (the last one if
     none is)."""
     import fast_simplification
-    import trimesh
 
     # Watertight as trimesh (and a viewer) sees it: coincident vertices merged.
     closed = trimesh.Trimesh(verts, faces).is_watertight
@@ -122,11 +132,13 @@ def query_colours(rep, points: Tensor, normals: Tensor, chunk: int = 1 << 16) ->
 
 
 def unwrap(verts: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """xatlas atlas -> (verts [V', 3] split at the seams, faces [F, 3], uv [V', 2] in [0, 1])."""
+    """xatlas atlas of the welded mesh verts [V, 3], faces [F, 3] -> (vmap [V'] int64: the
+    welded vertex of each atlas vertex (vertices are split at the seams), faces [F, 3] into the
+    atlas vertices, uv [V', 2] in [0, 1]). Per-vertex data follows with ``data[vmap]``."""
     import xatlas
 
     vmap, new_faces, uv = xatlas.parametrize(verts, faces)
-    return verts[vmap], new_faces.astype(np.int64), uv.astype(np.float32)
+    return vmap.astype(np.int64), new_faces.astype(np.int64), uv.astype(np.float32)
 
 
 def texel_positions(uv: np.ndarray, size: int) -> Tensor:
@@ -223,43 +235,34 @@ def textured_mesh(rep, grid: int = 128, level: float | None = None, min_piece: f
     """The representation as a textured, vertex-coloured mesh (module doc); ``cameras`` (with
     ``background``): the views its colours are baked from (``bake_views``). Vertices and texels
     take their colours in one ``surface_colours`` call, so each view is rendered once."""
-    verts, faces, info = extract_surface(rep, grid, level, min_piece, max_faces)
-    verts, faces, uv = unwrap(verts, faces)
+    welded, welded_faces, info = extract_surface(rep, grid, level, min_piece, max_faces)
+    smooth = vertex_normals(torch.from_numpy(welded), torch.from_numpy(welded_faces))  # [V, 3]
+    vmap, faces, uv = unwrap(welded, welded_faces)
+    verts, normals = welded[vmap], smooth[vmap]
     v, f = torch.from_numpy(verts), torch.from_numpy(faces)
     filled, texels, texel_normals = texel_points(verts, faces, uv, texture_size)
-    colours = surface_colours(rep, v, f, torch.cat([v, texels]), torch.cat([vertex_normals(v, f), texel_normals]),
+    colours = surface_colours(rep, v, f, torch.cat([v, texels]), torch.cat([normals, texel_normals]),
                               cameras, background)
     return TexturedMesh(verts, faces, uv, fill_texture(filled, colours[len(v):], texture_size),
-                        to_uint8(colours[:len(v)].numpy()),
+                        to_uint8(colours[:len(v)].numpy()), normals.numpy(),
                         {**info, "verts": len(verts), "texture_size": texture_size,
                          "bake": "query" if cameras is None else f"{len(cameras)} views"})
 
 
 # ---------------------------------------------------------------------- files
-def _trimesh(m: TexturedMesh):
-    import trimesh
-    from PIL import Image
-
-    material = trimesh.visual.material.PBRMaterial(
-        baseColorTexture=Image.fromarray(m.texture), metallicFactor=0.0, roughnessFactor=1.0)
-    return trimesh.Trimesh(m.verts, m.faces, process=False,
-                           visual=trimesh.visual.TextureVisuals(uv=m.uv, material=material))
-
-
-def write_glb(m: TexturedMesh, path: Path) -> list[Path]:
-    import trimesh
-
-    atomic_write(path, trimesh.exchange.gltf.export_glb(_trimesh(m)))
+def write_glb(m: TexturedMesh, path: Path, up: Up = "y") -> list[Path]:
+    """One .glb (``export.gltf``: normals, the texture, the vertex colours in a second scene),
+    ``up`` the file's up axis (glTF's is y)."""
+    atomic_write(path, glb([m], up))
     return [path]
 
 
-def write_obj(m: TexturedMesh, folder: Path, name: str = "mesh") -> list[Path]:
-    """folder/name.obj, folder/name.mtl and the texture PNG it names."""
-    import trimesh
-
+def write_obj(m: TexturedMesh, folder: Path, name: str = "mesh", up: Up = "y") -> list[Path]:
+    """folder/name.obj (with ``vn`` normals), folder/name.mtl and the texture PNG it names; ``up``
+    the file's up axis (y, as Blender's and three.js's importers assume)."""
     folder.mkdir(parents=True, exist_ok=True)
-    text, files = trimesh.exchange.obj.export_obj(_trimesh(m), return_texture=True,
-                                                  mtl_name=f"{name}.mtl", include_normals=False)
+    text, files = trimesh.exchange.obj.export_obj(textured_trimesh(m, up), return_texture=True,
+                                                  mtl_name=f"{name}.mtl", include_normals=True)
     written = []
     for fname, data in files.items():  # the texture and the .mtl first: the .obj names them
         atomic_write(folder / fname, data)
@@ -268,22 +271,21 @@ def write_obj(m: TexturedMesh, folder: Path, name: str = "mesh") -> list[Path]:
     return [folder / f"{name}.obj", *written]
 
 
-def write_ply(m: TexturedMesh, path: Path) -> list[Path]:
-    """Binary PLY: x y z, red green blue (uchar), s t (UV), faces; the texture as a PNG beside it
-    (``comment TextureFile``)."""
-    from PIL import Image
-
+def write_ply(m: TexturedMesh, path: Path, up: Up = "y") -> list[Path]:
+    """Binary PLY: x y z, nx ny nz, red green blue (uchar), s t (UV), faces, ``up`` the file's up
+    axis (y); the texture as a PNG beside it (``comment TextureFile``)."""
     texture = path.with_name(f"{path.stem}_texture.png")
     buf = io.BytesIO()
     Image.fromarray(m.texture).save(buf, format="PNG")
     atomic_write(texture, buf.getvalue())
-    vertex = np.empty(len(m.verts), dtype=[("xyz", "<f4", 3), ("rgb", "u1", 3), ("st", "<f4", 2)])
-    vertex["xyz"], vertex["rgb"], vertex["st"] = m.verts, m.vertex_colors, m.uv
+    vertex = np.empty(len(m.verts), dtype=[("xyz", "<f4", 3), ("n", "<f4", 3), ("rgb", "u1", 3), ("st", "<f4", 2)])
+    vertex["xyz"], vertex["n"], vertex["rgb"], vertex["st"] = to_file(m.verts, up), to_file(m.normals, up), m.vertex_colors, m.uv
     face = np.empty(len(m.faces), dtype=[("n", "u1"), ("idx", "<i4", 3)])
     face["n"], face["idx"] = 3, m.faces
     header = "\n".join([
         "ply", "format binary_little_endian 1.0", f"comment TextureFile {texture.name}",
         f"element vertex {len(m.verts)}", "property float x", "property float y", "property float z",
+        "property float nx", "property float ny", "property float nz",
         "property uchar red", "property uchar green", "property uchar blue",
         "property float s", "property float t",
         f"element face {len(m.faces)}", "property list uchar int vertex_indices", "end_header", ""])

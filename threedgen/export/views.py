@@ -1,10 +1,12 @@
 """Images of a representation: turntable videos and multi-view sets with ``transforms.json``.
 
 Shading modes (``shade``): "rgb" the render itself; "normal" world-space normals as
-(n + 1) / 2, from the renderer where it has them, else from the rendered depth (finite
-differences of the back-projected surface, so Gaussians get normals too); "depth" the
-camera-space depth, near bright and far dark over the object, composited over the background
-with the render's alpha.
+(n + 1) / 2, from the representation (``render_with_normals``: a mesh's triangles, the density
+gradient of a NeRF or a triplane at each pixel's surface point; Gaussians difference their
+depth across one pixel of the fit's size, as no gradient of theirs does better), else from the
+rendered depth (finite differences of the back-projected surface, one pixel apart); "depth"
+the camera-space depth, near bright and far dark over the object, composited over the
+background with the render's alpha.
 
 A multi-view set is the nerfstudio / instant-ngp layout: ``images/NNN.png`` RGBA (straight,
 not premultiplied, colour; the background colour where empty), ``depth/NNN.png`` 16-bit
@@ -68,9 +70,7 @@ def write_png(path: Path, image: np.ndarray) -> None:
 # ---------------------------------------------------------------------- shading
 def backproject(depth: Tensor, cameras: Cameras) -> Tensor:
     """depth [B, 1, H, W] camera-space (along the viewing axis) -> world points [B, H, W, 3]."""
-    origins, dirs = cameras.rays()  # [B, H, W, 3], unit
-    forward = -cameras.c2w[:, None, None, :3, 2]
-    return origins + dirs * (depth[:, 0, ..., None] / (dirs * forward).sum(-1, keepdim=True))
+    return cameras.points_at(depth)
 
 
 def normals_from_depth(depth: Tensor, cameras: Cameras) -> Tensor:
@@ -85,7 +85,8 @@ def normals_from_depth(depth: Tensor, cameras: Cameras) -> Tensor:
 
 
 def world_normals(out: RenderOutput, cameras: Cameras) -> Tensor:
-    """[B, 3, H, W]: the renderer's normals, or normals from its depth."""
+    """[B, 3, H, W]: the render's normals (a representation's ``render_with_normals``), or
+    normals from its depth."""
     return out.normal if out.normal is not None else normals_from_depth(out.depth, cameras)
 
 
@@ -106,17 +107,20 @@ def shade(out: RenderOutput, cameras: Cameras, mode: Shading, background: Tensor
 
 
 @torch.no_grad()
-def render_batches(rep, cameras: Cameras, background: Tensor, batch: int = 8) -> list[tuple[RenderOutput, Cameras]]:
+def render_batches(rep, cameras: Cameras, background: Tensor, batch: int = 8,
+                   normals: bool = False) -> list[tuple[RenderOutput, Cameras]]:
     """The representation rendered into ``cameras`` a few views at a time (bounded memory), on
-    the CPU whatever the representation's device."""
-    return [(rep.render(cameras[i:i + batch], background).cpu(), cameras[i:i + batch])
+    the CPU whatever the representation's device; ``normals``: with the representation's own
+    normals (``render_with_normals``)."""
+    render = rep.render_with_normals if normals else rep.render
+    return [(render(cameras[i:i + batch], background).cpu(), cameras[i:i + batch])
             for i in range(0, len(cameras), batch)]
 
 
 def turntable(rep, cameras: Cameras, mode: Shading, background: Tensor) -> np.ndarray:
     """[N, H, W, 3] uint8 frames, one per camera."""
     return np.concatenate([to_uint8(shade(out, cams, mode, background).permute(0, 2, 3, 1))
-                           for out, cams in render_batches(rep, cameras, background)])
+                           for out, cams in render_batches(rep, cameras, background, normals=mode == "normal")])
 
 
 # ---------------------------------------------------------------------- multi-view set
@@ -150,7 +154,7 @@ def write_view_set(rep, cameras: Cameras, folder: Path, background: Tensor) -> l
     names = [f"{k:03d}" for k in range(len(cameras))]
     written, k = [], 0
     black = torch.zeros(3)
-    for out, cams in render_batches(rep, cameras, black):
+    for out, cams in render_batches(rep, cameras, black, normals=True):
         alpha = out.alpha[:, 0]
         straight = out.rgb / alpha[:, None].clamp_min(1e-6)  # rendered over black: premultiplied
         colour = torch.where(alpha[:, None] > 1e-6, straight, background.view(1, 3, 1, 1))

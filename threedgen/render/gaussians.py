@@ -49,6 +49,7 @@ from threedgen.render.cpu_kernels import ALPHA_MAX, ALPHA_THRESHOLD, EXTENT_MAX,
 from threedgen.render.types import RenderOutput, SplatInfo
 
 LOG_T_MIN = math.log(T_MIN)
+EPS2D = 0.3  # gsplat's screen-space dilation (pixels^2) in its classic mode
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
 CPU_TILE_SIZE = 16  # fastest overall at 32-128 px, 2k-5k Gaussians (8 is close at 32 px)
 
@@ -265,7 +266,7 @@ def rasterize_cpu(
     backgrounds: Tensor | None = None,
     sh_degree: int | None = None,
     tile_size: int = 16,
-    eps2d: float = 0.3,
+    eps2d: float = EPS2D,
     render_mode: str = "RGB+ED",
 ) -> tuple[Tensor, Tensor, dict]:
     """Tiled 3DGS rasterizer for CPU tensors with gsplat.rasterization's interface (packed=False).
@@ -370,7 +371,7 @@ def rasterize_dense(
     backgrounds: Tensor | None = None,
     sh_degree: int | None = None,
     tile_size: int = 16,
-    eps2d: float = 0.3,
+    eps2d: float = EPS2D,
     render_mode: str = "RGB+ED",
     pixel_chunk: int | None = None,
 ) -> tuple[Tensor, Tensor, dict]:
@@ -429,6 +430,28 @@ def rasterize_dense(
 AUTO_BACKENDS = {"cuda": "gsplat", "cpu": "cpu"}  # device type -> backend; any other: "dense"
 
 
+def footprint_eps2d(height: int, fit_resolution: int | None) -> float:
+    """The screen-space dilation (pixels^2) that keeps the pixel footprint of the fit at any
+    render size: EPS2D at the fit's image height ``fit_resolution``, scaled by
+    (height / fit_resolution)^2 above it (EPS2D below it, or when the fit's size is unknown).
+
+    Why: a fit at 32^2 sees every Gaussian through gsplat's 0.3 px^2 dilation of a 32^2 pixel, and
+    the optimisation leaves Gaussians far smaller than that pixel wherever the dilated blobs
+    already cover the image; rendered at 256^2 with 0.3 px^2 of a 256^2 pixel they shrink to dots
+    with gaps between them (porous). With the dilation scaled to the same size in the image, the
+    256^2 render samples the very image the fit optimised (every Gaussian's 2D covariance, mean
+    and opacity are the fit's, in image units), 8 samples a fit pixel across, at the same cost.
+    It is the screen-space form of Mip-Splatting's 3D smoothing filter (Yu et al. 2024: every
+    Gaussian at least as wide as the training views' pixel), exact for cameras whose field of
+    view is the fit's, without tracking each Gaussian's depth in the training views. gsplat's
+    antialiased mode would not do: its opacity compensation, sqrt(det(S) / det(S + eps2d I)),
+    dims small Gaussians further, and rendering at the fit's size and upsampling blurs the edges
+    by interpolation. Both backends take eps2d, so the CUDA path keeps parity."""
+    if fit_resolution is None or height <= fit_resolution:
+        return EPS2D
+    return EPS2D * (height / fit_resolution) ** 2
+
+
 def render_gaussians(
     means: Tensor,
     quats: Tensor,
@@ -439,11 +462,13 @@ def render_gaussians(
     background: Tensor,
     sh_degree: int | None = None,
     backend: str = "auto",
+    eps2d: float = EPS2D,
 ) -> RenderOutput:
     """Render activated Gaussians into a batch of cameras.
 
     means [N, 3], quats [N, 4] (wxyz), scales [N, 3] (linear), opacities [N] in [0, 1],
     colors [N, 3] (RGB in [0, 1]) or SH coefficients [N, K, 3] with sh_degree; background [3].
+    eps2d: the screen-space dilation in pixels^2 (``footprint_eps2d``).
     backend: "auto" (by the tensors' device: gsplat's kernels on CUDA, the numba kernels on the
     CPU, the torch reference elsewhere), "cpu" (tiled, numba kernels), "dense" (torch reference)
     or "gsplat".
@@ -456,7 +481,7 @@ def render_gaussians(
     viewmats, Ks = cameras.viewmats().to(means), cameras.intrinsics().to(means)
     B = viewmats.shape[0]
     backgrounds = background.to(means).reshape(1, 3).expand(B, 3)
-    kwargs = dict(backgrounds=backgrounds, sh_degree=sh_degree, render_mode="RGB+ED")
+    kwargs = dict(backgrounds=backgrounds, sh_degree=sh_degree, render_mode="RGB+ED", eps2d=eps2d)
     size = (cameras.width, cameras.height)
     if backend == "gsplat":
         from gsplat import rasterization

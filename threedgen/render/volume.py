@@ -66,6 +66,21 @@ def _field_with_normals(field_fn: FieldFn, points: Tensor, with_normals: bool):
     return density, rgb, normals
 
 
+def surface_normals(field_fn: FieldFn, cameras: Cameras, depth: Tensor, step: float) -> Tensor:
+    """Unit world normals [B, 3, H, W] of a density field at each pixel's surface point, the
+    pixel's ray at its rendered camera-space depth [B, 1, H, W]: -grad(density) by central
+    differences ``step`` apart (a cell of the field's grid: a crisp surface turns from empty to
+    solid within a cell, and the depth often lands in a uniform cell just inside, where the
+    analytic gradient is 0), normalised; 0 where the density is flat (empty pixels). Six field
+    evaluations a pixel, not a gradient a sample: a few percent of the render's cost."""
+    points = cameras.points_at(depth).reshape(-1, 3)
+    with torch.no_grad():
+        grad = torch.stack([field_fn(points + o)[0] - field_fn(points - o)[0]
+                            for o in step * torch.eye(3, dtype=points.dtype, device=points.device)], -1)
+    normals = torch.nn.functional.normalize(-grad, dim=-1)  # [B H W, 3]
+    return normals.reshape(*depth.shape[:1], *depth.shape[2:], 3).permute(0, 3, 1, 2)
+
+
 def render_volume(field_fn: FieldFn, cameras: Cameras, *, aabb: float, n_samples: int,
                   background: Tensor, stratified: bool, generator: torch.Generator | None = None,
                   estimator=None, with_normals: bool = False) -> RenderOutput:

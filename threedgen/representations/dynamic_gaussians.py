@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
 from threedgen.schedules import Scheduled, value_at
-from threedgen.render.gaussians import render_gaussians
+from threedgen.render.gaussians import footprint_eps2d, render_gaussians
 from threedgen.render.types import RenderOutput
 from threedgen.representations.gaussians import Gaussians
 
@@ -158,7 +158,9 @@ class DynamicGaussians(Gaussians):
         """A static snapshot: the Gaussians deformed to time t (for export, per-frame files)."""
         with torch.no_grad():
             means, quats, log_scales, logits = self.deformed(t)
-            return Gaussians(means, log_scales, quats, logits, self.params["colors"].clone(), self.sh_degree)
+            snapshot = Gaussians(means, log_scales, quats, logits, self.params["colors"].clone(), self.sh_degree)
+        snapshot.fit_resolution = self.fit_resolution
+        return snapshot
 
     # --- the system's calls ---
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
@@ -208,9 +210,26 @@ class DynamicGaussians(Gaussians):
                 means, quats, torch.exp(log_scales), torch.sigmoid(logits),
                 p["colors"] if self.sh_degree else torch.sigmoid(p["colors"]),
                 cameras[sel].to(self.means.device),
-                background, sh_degree=self.sh_degree or None, backend=backend)))
-        if len(outs) == 1:
-            return outs[0][1]
-        order = torch.cat([sel for sel, _ in outs]).argsort()
-        cat = lambda name: torch.cat([getattr(o, name) for _, o in outs])[order]  # noqa: E731
-        return RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"))
+                background, sh_degree=self.sh_degree or None, backend=backend,
+                eps2d=footprint_eps2d(cameras.height, self.fit_resolution))))
+        return _gather(outs)
+
+    def render_with_normals(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        """Each camera at its own time: the snapshot's (``at_time``) render with its normals
+        (``Gaussians.render_with_normals``)."""
+        if cameras.time is None:
+            return super().render_with_normals(cameras, background)
+        return _gather([((cameras.time == t).nonzero().squeeze(-1),
+                         self.at_time(t).render_with_normals(cameras[cameras.time == t], background))
+                        for t in cameras.time.unique().tolist()])
+
+
+def _gather(outs: list[tuple[Tensor, RenderOutput]]) -> RenderOutput:
+    """Renders of camera subsets (camera indices [b], RenderOutput of b views) -> one render of
+    all the cameras in their order (normals where every part has them)."""
+    if len(outs) == 1:
+        return outs[0][1]
+    order = torch.cat([sel for sel, _ in outs]).argsort()
+    cat = lambda name: torch.cat([getattr(o, name) for _, o in outs])[order]  # noqa: E731
+    normal = cat("normal") if all(o.normal is not None for _, o in outs) else None
+    return RenderOutput(rgb=cat("rgb"), alpha=cat("alpha"), depth=cat("depth"), normal=normal)

@@ -205,6 +205,10 @@ class Mesh(nn.Module):
         return render_mesh(self.verts, self.faces, self.shade, cameras, background,
                            edges=self.edges, sigma=self.cfg.sigma)
 
+    def render_with_normals(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        """The render, whose normals [B, 3, H, W] are its triangles' (unit, world; 0 where empty)."""
+        return self.render(cameras, background)
+
 
 # ---------------------------------------------------------------------- smooth parametrisation
 def _smoother(edges: Tensor, degree: Tensor, smoothing: float) -> scipy.sparse.linalg.SuperLU:

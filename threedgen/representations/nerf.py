@@ -20,7 +20,7 @@ monotonic, so the bound is exact). This drops at most ``skip_density`` per unit 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -31,7 +31,7 @@ from threedgen.cameras import Cameras
 from threedgen.schedules import Scheduled, weighted_terms
 from threedgen.render.grids import sample_grid
 from threedgen.render.types import RenderOutput
-from threedgen.render.volume import render_volume, surface_colour
+from threedgen.render.volume import render_volume, surface_colour, surface_normals
 
 
 class _TruncExp(torch.autograd.Function):
@@ -233,6 +233,14 @@ class NeRF(nn.Module):
         return render_volume(self.field, cameras.to(self.color.device), aabb=self.aabb, n_samples=n_samples,
                              background=background, stratified=stratified, generator=generator,
                              estimator=estimator, with_normals=with_normals)
+
+    def render_with_normals(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        """The render with unit world normals [B, 3, H, W]: the density field's -grad(density) at
+        each pixel's surface point, differenced across a cell (``render.volume.surface_normals``)."""
+        out = self.render(cameras, background)
+        field_fn = lambda p: self.field(p, skip=False)  # noqa: E731  no empty-space skipping
+        cell = 2 * self.aabb / (self.resolution - 1)
+        return replace(out, normal=surface_normals(field_fn, cameras.to(out.depth.device), out.depth, cell))
 
     def surface_colour(self, points: Tensor, normals: Tensor) -> Tensor:
         """points, outward unit normals [M, 3] -> [M, 3]: the rendered colour there, composited

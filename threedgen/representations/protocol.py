@@ -54,6 +54,10 @@ class Renderable(Protocol):
         background [3]: rgb [B, 3, H, W], alpha and depth [B, 1, H, W]. In training mode
         (``train()``) the render may be stochastic, drawing from ``generator`` (a CPU one)."""
 
+    def render_with_normals(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        """``render`` with ``normal`` [B, 3, H, W] filled: unit world normals from the kind's own
+        geometry (a mesh's triangles, a density's gradient), for normal maps and views."""
+
     def surface_colour(self, points: Tensor, normals: Tensor) -> Tensor:
         """points [M, 3] on its surface, outward unit normals [M, 3] -> rgb [M, 3] in [0, 1]: the
         colour its renders show there (mesh export bakes it)."""

@@ -18,7 +18,7 @@ no cheap exact bound, unlike the NeRF grid's corners, hence the refreshed estima
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -29,7 +29,7 @@ from threedgen.cameras import Cameras
 from threedgen.schedules import Scheduled, weighted_terms
 from threedgen.render.grids import sample_triplane
 from threedgen.render.types import RenderOutput
-from threedgen.render.volume import render_volume, surface_colour
+from threedgen.render.volume import render_volume, surface_colour, surface_normals
 from threedgen.representations.nerf import _ACTIVATIONS, opacity_entropy, opacity_sparsity
 
 class Triplane(nn.Module):
@@ -125,6 +125,14 @@ class Triplane(nn.Module):
         density = self.density_grid(self.cfg.occ_resolution, centres=True)
         occ = F.max_pool3d((density >= self.cfg.skip_density).float()[None, None], 3, 1, 1)[0, 0]
         self.occupancy.copy_(occ.bool())
+
+    def render_with_normals(self, cameras: Cameras, background: Tensor) -> RenderOutput:
+        """The render with unit world normals [B, 3, H, W]: the density field's -grad(density) at
+        each pixel's surface point, differenced across a cell (``render.volume.surface_normals``)."""
+        out = self.render(cameras, background)
+        field_fn = lambda p: self.decode(self.planes, p)  # noqa: E731  no empty-space skipping
+        cell = 2 * self.cfg.aabb / self.cfg.resolution
+        return replace(out, normal=surface_normals(field_fn, cameras.to(out.depth.device), out.depth, cell))
 
     def surface_colour(self, points: Tensor, normals: Tensor) -> Tensor:
         """points, outward unit normals [M, 3] -> [M, 3]: the rendered colour there, composited
