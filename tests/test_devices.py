@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from torch.utils._pytree import tree_map
 
 from tests.fake_device import FAKE, DeviceMismatch, FakeDevice, OnFake
 from tests.helpers import TINY
@@ -19,15 +20,15 @@ from threedgen.cameras import Cameras
 from threedgen.export.formats import ExportConfig
 from threedgen.export.run import export
 from threedgen.prompts import PromptProcessor
+from threedgen.registry import REPRESENTATIONS, system_kind
 from threedgen.render import grids
 from threedgen.runs import save_config
 
 
 def build_system(cfg, run_dir):
-    from threedgen.systems.text_to_3d import TextTo3D
-    from threedgen.systems.text_to_4d import TextTo4D
+    from threedgen.systems.fit import SYSTEMS
 
-    return (TextTo4D if cfg.system.video is not None else TextTo3D)(cfg, run_dir)
+    return SYSTEMS[system_kind(cfg)](cfg, run_dir)
 
 
 def steps_on_fake(system, n: int = 2) -> None:
@@ -62,6 +63,18 @@ def test_fake_device_catches_a_cpu_tensor():
         out = out + torch.tensor([1.0, 2.0], device=out.device) + torch.zeros_like(out)
         assert out.device == FAKE and grid[torch.tensor([0, 1])].device == FAKE
         assert torch.allclose(out.cpu(), layer.cpu()(grid.cpu()[:2]) * 2 + torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize("name", sorted(REPRESENTATIONS))
+def test_representations_build_with_an_accelerator_as_the_default_device(name):
+    """Under ``torch.set_default_device("cuda")`` every factory call lands on the accelerator:
+    a constructor's seeded draws still come from its CPU generator, on the CPU, and give the
+    same parameters as a CPU build (the default device changes where, not what)."""
+    cls = REPRESENTATIONS[name]
+    with FakeDevice(), torch.device(FAKE):
+        built = tree_map(lambda t: t.cpu() if isinstance(t, torch.Tensor) else t,
+                         cls.from_config(cls.Config(), seed=3).state_dict())
+    torch.testing.assert_close(built, cls.from_config(cls.Config(), seed=3).state_dict())
 
 
 def _no_move(self, device):  # the planted bug: cameras never leave the CPU

@@ -89,12 +89,12 @@ class DynamicGaussians(Gaussians):
         self.cfg = cfg
         width_in = 3 * (1 + 2 * cfg.pos_freqs) + 1 + 2 * cfg.time_freqs
         layers, w = [], width_in
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # CPU draws, any default device
         for _ in range(cfg.layers):
             layer = nn.Linear(w, cfg.hidden)
             with torch.no_grad():
                 bound = w ** -0.5
-                layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
+                layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen, device="cpu") * 2 - 1) * bound)
                 layer.bias.zero_()
             layers += [layer, nn.SiLU()]
             w = cfg.hidden

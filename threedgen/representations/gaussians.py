@@ -113,8 +113,8 @@ class Gaussians(nn.Module):
     def from_sphere(cls, n: int, radius: float = 0.5, color=(0.5, 0.5, 0.5), seed: int = 0,
                     sh_degree: int = 0) -> Gaussians:
         """n Gaussians on a sphere of the given radius, one colour. Deterministic for a seed."""
-        g = torch.Generator().manual_seed(seed)
-        d = torch.randn(n, 3, generator=g)
+        g = torch.Generator().manual_seed(seed)  # CPU draws, any default device
+        d = torch.randn(n, 3, generator=g, device="cpu")
         xyz = radius * d / d.norm(dim=-1, keepdim=True).clamp_min(1e-8)
         rgb = torch.tensor(color, dtype=torch.float32).expand(n, 3)
         scale = radius * math.sqrt(4 * math.pi / max(n, 1)) * 0.5
@@ -125,10 +125,10 @@ class Gaussians(nn.Module):
                          sh_degree: int = 0) -> Gaussians:
         """n Gaussians uniform in a ball, random colours. Deterministic for a seed."""
         g = torch.Generator().manual_seed(seed)
-        d = torch.randn(n, 3, generator=g)
+        d = torch.randn(n, 3, generator=g, device="cpu")
         d = d / d.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-        xyz = radius * d * torch.rand(n, 1, generator=g) ** (1 / 3)
-        rgb = torch.rand(n, 3, generator=g)
+        xyz = radius * d * torch.rand(n, 1, generator=g, device="cpu") ** (1 / 3)
+        rgb = torch.rand(n, 3, generator=g, device="cpu")
         scale = radius * (4 / 3 * math.pi / max(n, 1)) ** (1 / 3) * 0.5
         return cls.from_points(xyz, rgb, scale=scale, sh_degree=sh_degree)
 

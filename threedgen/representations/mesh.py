@@ -89,11 +89,11 @@ class Mesh(nn.Module):
         super().__init__()
         self.cfg = cfg
         R = cfg.texture_resolution
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # CPU draws, any default device
         self.register_buffer("base_verts", base_verts.detach().float().clone())
         self.register_buffer("faces", faces.detach().long().clone())
         self.offsets = nn.Parameter(torch.zeros_like(self.base_verts))
-        self.texture = nn.Parameter(torch.randn(1, 3, R, R, R, generator=gen) * 0.1)
+        self.texture = nn.Parameter(torch.randn(1, 3, R, R, R, generator=gen, device="cpu") * 0.1)
         self.register_buffer("light", F.normalize(torch.tensor(cfg.light), dim=0), persistent=False)
         self._set_topology()
 

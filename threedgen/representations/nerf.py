@@ -102,10 +102,10 @@ class NeRF(nn.Module):
         self.blob_density, self.blob_radius = blob_density, blob_radius
         self.skip_density = skip_density
         self.activation = _ACTIVATIONS[density_activation]
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # CPU draws, any default device
         R = resolution
         self.density = nn.Parameter(torch.zeros(R, R, R))  # raw, pre-activation, pre-bias
-        self.color = nn.Parameter(torch.randn(R, R, R, 3, generator=gen) * init_color_std)  # logits
+        self.color = nn.Parameter(torch.randn(R, R, R, 3, generator=gen, device="cpu") * init_color_std)  # logits
         # Largest blob bias inside each cell: at the cell's point nearest the origin.
         v = torch.linspace(-aabb, aabb, R)
         lo, hi = v[:-1], v[1:]

@@ -76,14 +76,14 @@ class Triplane(nn.Module):
     def __init__(self, cfg: Config, seed: int = 0):
         super().__init__()
         self.cfg = cfg
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)  # CPU draws, any default device
         R, C = cfg.resolution, cfg.channels
-        self.planes = nn.Parameter(torch.randn(3, C, R, R, generator=gen) * 0.1)  # [3, C, R, R]
+        self.planes = nn.Parameter(torch.randn(3, C, R, R, generator=gen, device="cpu") * 0.1)  # [3, C, R, R]
         self.decoder = nn.Sequential(nn.Linear(C, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, 4))
         with torch.no_grad():  # deterministic for a seed, independent of torch's global RNG
             for layer in (self.decoder[0], self.decoder[2]):
                 bound = layer.in_features ** -0.5
-                layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen) * 2 - 1) * bound)
+                layer.weight.copy_((torch.rand(layer.weight.shape, generator=gen, device="cpu") * 2 - 1) * bound)
                 layer.bias.zero_()
         self.activation = _ACTIVATIONS[cfg.density_activation]
         G = cfg.occ_resolution
