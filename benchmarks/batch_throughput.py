@@ -1,11 +1,13 @@
 """Throughput of ``threedgen batch`` against one ``threedgen fit`` process per prompt.
 
-    python -m benchmarks.batch_throughput [--prompts 12] [--steps 100] [--workers 2] [--out DIR]
+    python -m benchmarks.batch_throughput [--prompts 12] [--steps 100] [--workers 2] [--threads 1] [--out DIR]
 
 Fits the same prompts (world colours x shapes) with ``configs/gaussians-sds.yaml`` shortened to
-``--steps`` (its export, a textured glb, kept) twice on this machine: one ``threedgen fit``
-process after another (torch's default threads: every core), then one ``threedgen batch`` on a
-local Ray cluster with ``--workers`` workers of one CPU each. Prints a JSON record: wall times,
+``--steps`` (its export, a textured glb, kept) twice on this machine, with the same overrides:
+one ``threedgen fit`` process after another, then one ``threedgen batch`` on a local Ray cluster
+with ``--workers`` workers of one CPU each. ``--threads``: torch threads of every fit (0: torch's
+default, every core; on a machine busy with other jobs two threads a fit run several times slower
+than one, which would flatter the batch). Prints a JSON record: wall times,
 their ratio, and where the time went, summed over prompts, from each run folder's files:
 training (config.yaml written -> last checkpoint), end-of-run renders and metrics (-> metrics.json),
 export (-> export/mesh.glb); prior loading (the batch's index; for the processes, one load timed
@@ -36,8 +38,9 @@ def prompts(n: int) -> list[str]:
     return [f"{'an' if c == 'orange' else 'a'} {c} {SHAPES[i % 6]}" for i, c in enumerate(colours)]
 
 
-def overrides(steps: int) -> list[str]:
-    return [f"trainer.max_steps={steps}", f"trainer.ckpt_every={steps}", "trainer.val_every=0"]
+def overrides(steps: int, threads: int) -> list[str]:
+    return [f"trainer.max_steps={steps}", f"trainer.ckpt_every={steps}", "trainer.val_every=0",
+            *([f"trainer.threads={threads}"] if threads else [])]
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -80,11 +83,12 @@ def main(argv: list[str] | None = None) -> dict:
     a.add_argument("--prompts", type=int, default=12)
     a.add_argument("--steps", type=int, default=100)
     a.add_argument("--workers", type=int, default=2)
+    a.add_argument("--threads", type=int, default=1)
     a.add_argument("--out", help="where the runs go (default: a temporary folder)")
     args = a.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="batch-bench-"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
-    texts, extra = prompts(args.prompts), overrides(args.steps)
+    texts, extra = prompts(args.prompts), overrides(args.steps, args.threads)
     fit = [sys.executable, "-m", "threedgen.cli", "fit", "--config", str(RECIPE), f"output_dir={out / 'processes'}", *extra]
     load = os.getloadavg()
 
@@ -99,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
                  "prior_load": prior_load_seconds(env) * len(texts)}
     batch_parts = {**summed([out / "batch" / r["run"] for r in rows]), "prior_load": sum(r["prior_seconds"] for r in rows)}
     record = {
-        "prompts": len(texts), "steps": args.steps, "workers": args.workers, "cores": os.cpu_count(),
+        "prompts": len(texts), "steps": args.steps, "workers": args.workers, "threads": args.threads,
+        "cores": os.cpu_count(),
         "load_average_before": [round(x, 2) for x in load], "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "sequential_seconds": round(sequential, 1), "batch_seconds": round(batch, 1),
         "speedup": round(sequential / batch, 2),

@@ -435,10 +435,14 @@ def connected(ray, address: str | None, cpus: int | None):
         yield
         return
     kwargs = {"log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, **kwargs)
+    except Exception as e:  # ConnectionError, a timeout, a bad address: Ray's message, one line
+        raise BatchError(f"cannot {'reach the Ray cluster at ' + address if address else 'start Ray'}: "
+                         f"{one_line(e)}") from None
     try:
         yield
     finally:
