@@ -1,9 +1,9 @@
 """Forward+backward timing of the CPU Gaussian rasterizers: tiled (numba) vs the dense reference.
 
-    python -m benchmarks.gaussians               # 1k/5k/20k Gaussians at 64 and 128 px
-    python -m benchmarks.gaussians --quick       # 1k/5k at 32 and 64 px
-    python -m benchmarks.gaussians --no-dense    # tiled only (the dense 20k/128 case takes minutes)
-    python -m benchmarks.gaussians --threads 1   # on a machine whose cores are busy elsewhere
+    python -m threedgen.benchmarks.gaussians               # 1k/5k/20k Gaussians at 64 and 128 px
+    python -m threedgen.benchmarks.gaussians --quick       # 1k/5k at 32 and 64 px
+    python -m threedgen.benchmarks.gaussians --no-dense    # tiled only (the dense 20k/128 case takes minutes)
+    python -m threedgen.benchmarks.gaussians --threads 1   # on a machine whose cores are busy elsewhere
 
 The scene is a ball of random Gaussians (radius 0.5, opacity 0.5) seen by 4 cameras on an orbit,
 as early in a text-to-3D run. Times are wall-clock medians on the current torch thread count.

@@ -10,7 +10,7 @@ the step's batch (a CFG pair), measured in the same run. Medians of a few steps 
 CUDA timings are synchronised. Peak memory is the step's, from torch.cuda.
 
     threedgen bench --gpu [--recipes dreamfusion-sd ...] [--repeats 3]
-    python -m benchmarks.gpu_step --device cpu --recipes mvdream-sds system.prior.dtype=float32 \
+    python -m threedgen.benchmarks.gpu_step --device cpu --recipes mvdream-sds system.prior.dtype=float32 \
         system.camera.resolution=32    # a dry run on the CPU
 
 Without CUDA (and no ``--device``) it prints one line saying it is skipped.
@@ -26,15 +26,14 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.real_priors import random_parts
-from benchmarks.run import median_time
+from threedgen.benchmarks.real_priors import random_parts
+from threedgen.benchmarks.run import median_time
 from threedgen import config as C
 from threedgen.cameras import sample_cameras
 from threedgen.priors.cfg import predict_branches
 from threedgen.registry import PRIOR_FAMILIES, load_prior
-from systems.text_to_3d import TextTo3D
+from threedgen.systems.text_to_3d import TextTo3D
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # recipe -> the published family its prior has (None: the embedded prior, for a dry run)
 RECIPES = {"dreamfusion-sd": "sd21", "prolificdreamer": "sd21", "luciddreamer": "sd21", "dreamer-xl": "sdxl",
            "mvdream-sds": "mvdream", "gaussians-sds": None}
@@ -44,7 +43,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 
 def build_system(recipe: str, device: torch.device, run_dir: Path, overrides: list[str] = ()):
     """The recipe's system on ``device`` with a random-weight prior of its published shape."""
-    cfg = C.load([CONFIGS / f"{recipe}.yaml"], ["prompt=a red cube", *overrides])
+    cfg = C.load([recipe], ["prompt=a red cube", *overrides])
     family = RECIPES[recipe]
     if family is None:
         prior = load_prior(cfg.system.prior)

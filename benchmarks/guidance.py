@@ -1,6 +1,6 @@
 """The guidance comparison table of docs/guidance.md: every method on the same prompts and seeds.
 
-    python -m benchmarks.guidance [--representation gaussians] [--jobs 2] [--out outputs/guidance-table]
+    python -m threedgen.benchmarks.guidance [--representation gaussians] [--jobs 2] [--out outputs/guidance-table]
 
 Each method's recipe (configs/<representation>-<method>.yaml) runs on PROMPTS with seed 0, and
 on the first prompt with seeds 1 and 2 too. Runs go through the CLI, ``--jobs`` at a time, one
@@ -27,7 +27,6 @@ from PIL import Image
 from threedgen.world.metrics import passes
 from threedgen.registry import GUIDANCE
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red cube", "a green cone", "an orange cylinder"]
 SEEDS = [0, 1, 2]
 
@@ -37,7 +36,7 @@ def fit(representation: str, method: str, prompt: str, seed: int, out: Path) -> 
     folder = out / f"{method}-{prompt.split()[-1]}-s{seed}"
     if not list(folder.glob("*/*/metrics.json")):
         cmd = [sys.executable, "-m", "threedgen.cli", "fit", "--config",
-               str(REPO / "configs" / f"{representation}-{method}.yaml"), f"prompt={prompt}",
+               f"{representation}-{method}", f"prompt={prompt}",
                f"trainer.seed={seed}", f"output_dir={folder}", "trainer.threads=1", "trainer.val_every=0",
                "test.n_frames=8", "test.resolution=64"]
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -55,7 +54,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--representation", default="gaussians")
     ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--out", type=Path, default=REPO / "outputs" / "guidance-table")
+    ap.add_argument("--out", type=Path, default=Path("outputs") / "guidance-table")
     ap.add_argument("--methods", nargs="*", default=list(GUIDANCE))
     args = ap.parse_args(argv)
     jobs = [(m, p, 0) for m in args.methods for p in PROMPTS] + [(m, PROMPTS[0], s) for m in args.methods for s in SEEDS[1:]]

@@ -1,6 +1,6 @@
 """Real-size priors with random weights: the compute of Stable Diffusion 2.1 and SDXL, no download.
 
-    python -m benchmarks.real_priors [--models sd21 sdxl] [--repeats 2]
+    python -m threedgen.benchmarks.real_priors [--models sd21 sdxl] [--repeats 2]
     threedgen bench --prior sd21-shape      # one SDS step, 64^2 latents, batch 1, fp16 on CUDA
 
 The UNets are built from the published configs (stabilityai/stable-diffusion-2-1-base and

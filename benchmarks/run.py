@@ -4,7 +4,7 @@ Rows: the prior's classifier-free-guided evaluation (the floor of a step); every
 renderer at the default recipe's sizes, at the prior's resolution, 64^2 and 128^2, as a ratio to
 that floor; the Gaussian rasterizer (tiled, numba kernels) against the dense all-pixels reference;
 one full SDS step per representation, and one full step of every guidance method on Gaussians
-(with its recipe's settings), split into render, guidance (prior calls and the method's own
+(with its recipe's settings), one step of the amortized generator (configs/amortized-asd.yaml), split into render, guidance (prior calls and the method's own
 work) and backward+optimiser, with the prior evaluations each step makes; one 4D video step
 (T frames rendered, the video prior's evaluation, backward). All forward+backward,
 medians of a few repeats, seconds.
@@ -16,18 +16,19 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
-from benchmarks.gaussians import bench_rasterizer
+from threedgen.benchmarks.gaussians import bench_rasterizer
+from threedgen.amortized import Corpus, read_corpus, render_corpus
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
-from threedgen.config import load as load_config
+from threedgen.config import load as load_config, recipes
 from threedgen.registry import GUIDANCE
 from threedgen.config import PromptConfig
 from threedgen.priors.diffusion import EMBEDDED_PATH, EMBEDDED_VIDEO_PATH
 from threedgen.prompts import PromptProcessor
-from threedgen.registry import REPRESENTATIONS, prior_from_pretrained
+from threedgen.registry import REPRESENTATIONS, build_guidance, build_representation, prior_from_pretrained
+from threedgen.representations.generator import GeneratedTriplanes
 
 
 def median_time(fn, repeats: int) -> float:
@@ -40,15 +41,15 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-RECIPES = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = recipes()  # the shipped recipes by name
 DENSE_MAX_PAIRS = 4 * 5000 * 128 * 128
 
 
 def recipe_representation(name: str):
     """The representation config of ``configs/<name>-sds.yaml`` (the default recipe's sizes), or
-    the class defaults where the recipe is not there (an installed package without the repo)."""
-    path = RECIPES / f"{name}-sds.yaml"
-    if not path.is_file():
+    the class defaults where there is no such recipe (dynamic_gaussians)."""
+    path = RECIPES.get(f"{name}-sds")
+    if path is None:
         return REPRESENTATIONS[name].Config()
     return load_config([path], ["prompt=a red cube"]).system.representation
 
@@ -78,8 +79,8 @@ def bench_step(name: str, prior, repeats: int, method: str = "sds") -> dict[str,
     (configs/<name>-<method>.yaml), split into parts; also the prior evaluations of a step."""
     rep = REPRESENTATIONS[name].from_config(recipe_representation(name))
     rep.train()
-    recipe = RECIPES / f"{name}-{method}.yaml"
-    cfg = load_config([recipe], ["prompt=a red cube"]).system.guidance if recipe.is_file() else GUIDANCE[method].Config()
+    recipe = RECIPES.get(f"{name}-{method}")
+    cfg = load_config([recipe], ["prompt=a red cube"]).system.guidance if recipe else GUIDANCE[method].Config()
     guidance = GUIDANCE[method](cfg, prior)
     prompts = PromptProcessor(prior, "a red cube")
     opts = {**rep.optimizers(), **guidance.optimizers()}
@@ -125,7 +126,7 @@ def bench_4d_step(video_prior, repeats: int) -> dict[str, float]:
     and optimiser steps; split into parts, with the prior evaluations of a step."""
     from dataclasses import replace
 
-    cfg = load_config([RECIPES / "4d-gaussians-sds.yaml"], ["prompt=a red ball bouncing"]).system
+    cfg = load_config(["4d-gaussians-sds"], ["prompt=a red ball bouncing"]).system
     rep = REPRESENTATIONS[cfg.representation.name].from_config(cfg.representation)
     rep.train()
     v = cfg.video
@@ -139,6 +140,25 @@ def bench_4d_step(video_prior, repeats: int) -> dict[str, float]:
         return rep.render(cams, bg).rgb.transpose(0, 1)[None], prompts.conditioning(cam)  # a clip [1, 3, T, H, W]
 
     return timed_steps(repeats, render, guidance, rep.optimizers())
+
+
+def bench_amortized_step(prior, repeats: int) -> dict[str, float]:
+    """One step of the amortized recipe (configs/amortized-asd.yaml: 4 prompts x 2 views of its
+    corpus, the generator's forward, the renders, ASD, backward through the generator), split
+    into parts, with the prior evaluations of a step."""
+    cfg = load_config([RECIPES["amortized-asd"]])
+    s = cfg.system
+    corpus = Corpus(prior, read_corpus(s.amortized.corpus))
+    text_dim = corpus.processor(corpus.prompts[0]).text.shape[-1]
+    rep = GeneratedTriplanes(build_representation(s.representation), s.amortized.generator, text_dim).train()
+    guidance = build_guidance(s.guidance, prior)
+    bg = torch.ones(3)
+
+    def render(k: int, g: torch.Generator):
+        out, cond = render_corpus(rep, corpus, cfg, k, g, bg)
+        return out.rgb, cond
+
+    return timed_steps(repeats, render, guidance, {**rep.optimizers(), **guidance.optimizers()})
 
 
 def bench_prior(prior, repeats: int, batch: int = 4) -> float:
@@ -191,6 +211,7 @@ def main(args) -> int:
     steps = [(name, "sds") for name in static] + [("gaussians", m) for m in GUIDANCE if m != "sds"]
     for name, method in steps:
         step_row(f"{name}+{method} full step @32^2 x4 views", bench_step(name, prior, repeats, method))
+    step_row("amortized generator+asd step: 4 prompts x 2 views @32^2", bench_amortized_step(prior, repeats))
     if (EMBEDDED_VIDEO_PATH / "unet").is_dir():
         video = prior_from_pretrained(EMBEDDED_VIDEO_PATH)
         step_row("4D video step: dynamic gaussians, 8 frames @32^2", bench_4d_step(video, repeats))

@@ -8,7 +8,6 @@ every piece of math lives in ``threedgen``. Randomness is drawn from a generator
 from __future__ import annotations
 
 import json
-import logging
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,21 +15,22 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from PIL import Image
+from pytorch_lightning.loggers import TensorBoardLogger
 
 from threedgen.cameras import CameraRanges, orbit, sample_cameras
 from threedgen.config import RunConfig
 from threedgen.evaluate import evaluate_run
 from threedgen.export.run import export
-from threedgen.export.views import to_uint8, write_png, write_video
+from threedgen.export.views import to_uint8, write_png
 from threedgen.files import atomic_write
 from threedgen.guidance.base import clip_pixel_grad
 from threedgen.prompts import PromptProcessor
+from threedgen import progress
+from threedgen.report.build import write_report
 from threedgen.registry import build_guidance, build_representation, convert, load_prior
-from threedgen.runs import StepLog, check_finite, load_representation
+from threedgen.runs import StepLog, check_finite, load_representation, write_test_renders
 from threedgen.schedules import ConfigError, value_at
 
-log = logging.getLogger("threedgen")
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
 
 
@@ -99,13 +99,25 @@ class TextTo3D(pl.LightningModule):
         rgb = clip_pixel_grad(out.rgb, value_at(cfg.system.pixel_grad_clip, step))
         return out, self.guidance(rgb, self.prompts.conditioning(cams, step), step, generator=g)
 
+    def step_generator(self, step: int) -> torch.Generator:
+        """The CPU generator every random draw of training step ``step`` comes from."""
+        return torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
+
     def training_step(self, batch, batch_idx):
         step = int(self.step_count)
         loss, logs = self.optimise(*self._optimizers(), backward=self.manual_backward)
-        self.step_log.append(step + 1, {"loss": loss, **logs})
-        self.log("loss", loss, prog_bar=True)
+        self.log_step(step + 1, {"loss": loss, **logs})
+        self.log("loss", loss, prog_bar=True, logger=False)  # the bar; loggers get log_step's values
         if self.cfg.trainer.val_every and (step + 1) % self.cfg.trainer.val_every == 0:
             self.save_views(self.run_dir / "val" / f"step{step + 1:05d}.png")
+
+    def log_step(self, step: int, values: dict) -> None:
+        """One row of logs/metrics.csv, and the same values to Lightning's loggers (TensorBoard)
+        at the training step ``step`` (1-based; Lightning's global_step counts optimizer steps)."""
+        values = {k: float(v) for k, v in values.items()}
+        self.step_log.append(step, values)
+        for logger in self.loggers:
+            logger.log_metrics(values, step)
 
     def optimise(self, opts: dict, guide_opts: dict, backward=torch.Tensor.backward) -> tuple[torch.Tensor, dict]:
         """One training step, without Lightning: render, guide, regularise, step every optimizer
@@ -113,7 +125,7 @@ class TextTo3D(pl.LightningModule):
         (detached loss, logs). Random draws come from a CPU generator seeded by (seed, step) and
         are moved to the data's device, so a seed gives the same run on every device."""
         step = int(self.step_count)
-        g = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + step)
+        g = self.step_generator(step)
         self.representation.pre_backward(step, opts)
         out, guided = self.distill(step, g)
         regs = self.representation.regularisers(out, step)
@@ -155,10 +167,27 @@ class TextTo3D(pl.LightningModule):
         """[B, H, W, 3] uint8 renders."""
         return to_uint8(self.representation.render(cameras, self.background).rgb.permute(0, 2, 3, 1))
 
+    def render_video_frames(self, cameras, desc: str, batch: int = 8) -> np.ndarray:
+        """``render_frames`` a few views at a time, with a progress bar named ``desc``."""
+        frames = []
+        with progress.bar(total=len(cameras), desc=desc, unit=" views") as bar:
+            for i in range(0, len(cameras), batch):
+                frames.append(self.render_frames(cameras[i:i + batch]))
+                bar.update(len(frames[-1]))
+        return np.concatenate(frames)
+
+    def val_image(self) -> np.ndarray:
+        """[H, W, 3] uint8: four views around the object, side by side."""
+        return np.concatenate(list(self.render_frames(self.orbit_cameras(4, self.cfg.test.resolution))), axis=1)
+
     def save_views(self, path: Path) -> None:
+        """The validation image to ``path`` and to TensorBoard (tag "val", at this step)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        frames = self.render_frames(self.orbit_cameras(4, self.cfg.test.resolution))
-        write_png(path, np.concatenate(list(frames), axis=1))
+        image = self.val_image()
+        write_png(path, image)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("val", image, int(self.step_count), dataformats="HWC")
 
     def on_train_start(self):
         self._t0 = time.time()
@@ -166,26 +195,27 @@ class TextTo3D(pl.LightningModule):
 
     @torch.no_grad()
     def finish(self) -> dict:
-        """Test renders, turntable video, metrics.json and the test.export formats (in
-        <run>/export) for the finished run."""
+        """Test renders, turntable video, metrics.json, the test.export formats (in
+        <run>/export) and report.html for the finished run, each phase with a progress bar."""
         self.representation.eval()
         t = self.cfg.test
         test_dir = self.run_dir / "test"
         test_dir.mkdir(exist_ok=True)
         self.write_test_videos(test_dir)
-        metrics = self.metrics()
+        with progress.phase("metrics"):
+            metrics = self.metrics()
         atomic_write(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
         if t.export:
             export(self.run_dir, list(t.export), representation=self.representation)
+        with progress.phase("report"):
+            write_report(self.run_dir)
         return metrics
 
     def write_test_videos(self, test_dir: Path) -> None:
         """test/NNN.png and test/turntable.mp4: the evaluation orbit."""
         t = self.cfg.test
-        frames = self.render_frames(self.orbit_cameras(t.n_frames, t.resolution))
-        for i, f in enumerate(frames):
-            Image.fromarray(f).save(test_dir / f"{i:03d}.png")
-        write_video(test_dir / "turntable.mp4", frames, fps=t.fps)
+        write_test_renders(test_dir, self.render_video_frames(self.orbit_cameras(t.n_frames, t.resolution), "test renders"),
+                           t.fps)
 
     def metrics(self) -> dict:
         return {**evaluate_run(self.cfg, self.representation, self.background), **self.timings()}

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from systems.text_to_3d import TextTo3D
+from threedgen.systems.text_to_3d import TextTo3D
 from threedgen.cameras import CameraRanges, make_cameras, sample_cameras
 from threedgen.config import PromptConfig, RunConfig
-from threedgen.export.views import write_png, write_video
+from threedgen.export.views import write_video
 from threedgen.prompts import PromptProcessor, image_prompt_for
 from threedgen.registry import build_guidance, load_video_prior
 from threedgen.world.check import training_azimuth
@@ -65,13 +65,12 @@ class TextTo4D(TextTo3D):
         """The evaluation orbit with times k / n: the motion plays once while the camera turns."""
         return replace(super().orbit_cameras(n, size), time=torch.arange(n, dtype=torch.float32, device=self.device) / n)
 
-    def save_views(self, path: Path) -> None:
+    def val_image(self) -> np.ndarray:
         """Four views at t = 0 over four views at t = 1/2."""
-        path.parent.mkdir(parents=True, exist_ok=True)
         cams = super().orbit_cameras(4, self.cfg.test.resolution)
         rows = [np.concatenate(list(self.render_frames(replace(cams, time=torch.full((4,), t, device=cams.device)))), axis=1)
                 for t in (0.0, 0.5)]
-        write_png(path, np.concatenate(rows, axis=0))
+        return np.concatenate(rows, axis=0)
 
     def write_test_videos(self, test_dir: Path) -> None:
         """The turntable (see ``orbit_cameras``) and test/fixed.mp4: one view while time runs."""
@@ -79,4 +78,4 @@ class TextTo4D(TextTo3D):
         t, c = self.cfg.test, self.cfg.system.camera
         times = torch.arange(t.n_frames, dtype=torch.float32) / t.n_frames
         fixed = make_cameras(c.eval_elevation, 45.0, c.eval_distance, c.eval_fov_y, t.resolution, time=times).to(self.device)
-        write_video(test_dir / "fixed.mp4", self.render_frames(fixed), fps=t.fps)
+        write_video(test_dir / "fixed.mp4", self.render_video_frames(fixed, "fixed-view renders"), fps=t.fps)

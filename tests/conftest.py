@@ -6,9 +6,41 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Text embeddings and converted checkpoints go to a per-session folder, never the user's cache.
 os.environ.setdefault("THREEDGEN_CACHE", tempfile.mkdtemp(prefix="threedgen-cache-"))
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 _SWEEP: list[dict] = []
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _checkout_subpackages() -> None:
+    """pyproject.toml installs systems/, benchmarks/ and configs/ as threedgen.systems,
+    threedgen.benchmarks and threedgen.configs; an editable install of this checkout maps them
+    here. When threedgen itself is imported from this checkout (PYTHONPATH, ``python -m pytest``)
+    but the environment's install maps those names elsewhere (another checkout's editable
+    install) or nowhere, the tests would run another checkout's systems/ against this one's
+    library: map them to this checkout's folders instead. CLI subprocesses started by tests
+    still get the install's mapping."""
+    import threedgen
+
+    if Path(threedgen.__file__).resolve().parent != REPO / "threedgen":
+        return  # an installed threedgen: its own subpackages
+    for folder in ("systems", "benchmarks", "configs"):
+        name = f"threedgen.{folder}"
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin and Path(spec.origin).resolve().parent == REPO / folder:
+            continue
+        spec = importlib.util.spec_from_file_location(name, REPO / folder / "__init__.py",
+                                                      submodule_search_locations=[str(REPO / folder)])
+        module = sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        setattr(threedgen, folder, module)
+
+
+_checkout_subpackages()
 
 
 def pytest_configure(config):
@@ -56,11 +88,13 @@ def pytest_terminal_summary(terminalreporter):
     w = terminalreporter
     w.section("quality sweep")
     w.line(f"{'representation':<36} {'prompt':<20} {'shape':>5} {'colour':>6} {'IoU':>5} "
-           f"{'best':>8} {'col.err':>7} {'handles':>7} {'secs':>5} {'glb IoU':>7} {'glb PSNR':>8} {'interior':>8}")
+           f"{'best':>8} {'col.err':>7} {'handles':>7} {'CLIP R':>6} {'secs':>5} {'glb IoU':>7} {'glb PSNR':>8} "
+           f"{'interior':>8}")
     for r in _SWEEP:
         w.line(f"{r['representation']:<36} {r['prompt']:<20} {r.get('shape_correct_views', '-'):>5} "
                f"{r.get('colour_correct_views', '-'):>6} {r.get('iou', 0):>5.2f} "
                f"{r['best_shape_by_iou']:>8} {r.get('colour_error', 0):>7.3f} {str(r.get('handles', '-')):>7} "
-               f"{r.get('fit_seconds', 0):>5.0f} {r.get('export', {}).get('silhouette_iou', float('nan')):>7.3f} "
+               f"{r.get('clip_r_precision', float('nan')):>6.2f} {r.get('fit_seconds', 0):>5.0f} "
+               f"{r.get('export', {}).get('silhouette_iou', float('nan')):>7.3f} "
                f"{r.get('export', {}).get('psnr', float('nan')):>8.2f} "
                f"{r.get('export', {}).get('interior_psnr', float('nan')):>8.2f}")

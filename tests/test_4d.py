@@ -263,7 +263,7 @@ def test_stage_two_image_steps_frame_and_video_cfg_branch(tmp_path, untrained_vi
     """Image steps render at their time in the object's own frame (no root motion) unless asked;
     with motion_only_guidance the video CFG's unconditional branch is the prompt without its
     motion (the image prompt), else the empty prompt."""
-    from systems.text_to_4d import TextTo4D
+    from threedgen.systems.text_to_4d import TextTo4D
     from threedgen.config import load
     from threedgen.prompts import PromptProcessor
 
@@ -292,7 +292,7 @@ def test_stage_two_image_steps_frame_and_video_cfg_branch(tmp_path, untrained_vi
 @pytest.mark.parametrize("prompt, evals", [("a yellow cone", 1), ("a yellow cone bouncing", 2)])
 def test_motion_only_cfg_of_a_still_prompt_runs_the_video_prior_once(tmp_path, untrained_video_prior, prompt, evals):
     """A still prompt's motion-only CFG compares the prompt with itself: one video prior call a clip."""
-    from systems.text_to_4d import TextTo4D
+    from threedgen.systems.text_to_4d import TextTo4D
     from threedgen.config import load
 
     cfg = load([CONFIG], [f"prompt={prompt}", "system.video.prior.name=diffusers",
@@ -442,7 +442,7 @@ def test_video_prior_reads_the_camera_and_the_4d_clip_passes_its_own(tmp_path, u
     """A video prior with the camera input is camera-conditioned (the null camera = no camera),
     and a video step hands it the clip's camera: in both CFG branches with motion-only guidance,
     against the null camera without."""
-    from systems.text_to_4d import TextTo4D
+    from threedgen.systems.text_to_4d import TextTo4D
     from threedgen.cameras import make_cameras
     from threedgen.config import load
     from threedgen.registry import prior_from_pretrained
@@ -749,7 +749,7 @@ def test_video_steps_film_the_clip_from_the_priors_azimuths_or_the_configured_on
     from (its world.json); system.video.camera_azimuth overrides it."""
     import shutil
 
-    from systems.text_to_4d import TextTo4D
+    from threedgen.systems.text_to_4d import TextTo4D
     from threedgen.config import load
 
     prior = tmp_path / "prior"

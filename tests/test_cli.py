@@ -56,3 +56,15 @@ def test_unwritable_output_folder(tmp_path, capsys):
 def test_missing_config_file(tmp_path, capsys):
     assert main(["fit", "--config", str(tmp_path / "nope.yaml"), "prompt=a red cube"]) == 2
     one_line_error(capsys)
+
+
+def test_config_by_recipe_name(tmp_path, capsys):
+    """--config takes a shipped recipe's name; an unknown one is one line naming the close ones.
+    (The fit stops at the prompt check, after the recipe and its prior have loaded.)"""
+    assert main(["fit", "--config", "gaussians-sds", "prompt=a pink cube", f"output_dir={tmp_path}"]) == 2
+    assert "'pink'" in one_line_error(capsys)
+    assert main(["fit", "--config", "gaussian-sds", "prompt=a red cube", f"output_dir={tmp_path}"]) == 2
+    err = one_line_error(capsys)
+    assert err.startswith("threedgen: error: gaussian-sds: no such recipe or file; did you mean gaussians-sds, ")
+    assert err.endswith("? (or give a path to a YAML file)")
+    assert not any(tmp_path.iterdir())

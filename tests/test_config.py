@@ -121,3 +121,49 @@ def test_representations_declare_their_capabilities():
         assert cls.has_splats == issubclass(cls, Gaussians), name
     assert [n for n, c in REPRESENTATIONS.items() if c.dynamic] == ["dynamic_gaussians"]
     assert [n for n, c in REPRESENTATIONS.items() if c.meshed_as == "triangles"] == ["mesh"]
+
+
+# --- recipes by name (configs/, installed as the package data threedgen.configs) ----------------
+
+def test_recipes_are_the_configs_folder():
+    """One source of truth: the shipped recipes are the files of configs/, by their stem."""
+    from tests.helpers import REPO
+
+    files = {p.stem: p.read_text() for p in (REPO / "configs").glob("*.yaml")}
+    assert {name: path.read_text() for name, path in C.recipes().items()} == files
+    assert "gaussians-sds" in files
+
+
+def test_recipe_by_name_equals_recipe_by_path():
+    """A name loads the same config as the file's path, its ``base:`` recipe included, and names
+    the run after the recipe."""
+    from tests.helpers import REPO
+
+    for name in ("gaussians-sds", "gaussians-asd", "4d-gaussians-sds"):  # the last two have a base:
+        by_name = C.load([name], ["prompt=a red cube"])
+        assert by_name == C.load([REPO / "configs" / f"{name}.yaml"], ["prompt=a red cube"])
+        assert by_name.name == name
+
+
+@pytest.mark.parametrize("name, hint", [
+    ("gaussian-sds", "did you mean gaussians-sds"),
+    ("nerf_sds", "did you mean nerf-sds"),
+    ("zzz", "recipes: 4d-gaussians-sds, "),  # nothing close: every recipe
+])
+def test_unknown_recipe_name_suggests_close_ones(name, hint):
+    with pytest.raises(C.ConfigError) as e:
+        C.load([name], ["prompt=a red cube"])
+    assert str(e.value).startswith(f"{name}: no such recipe or file; ") and hint in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_a_path_is_never_a_recipe_name(tmp_path, monkeypatch):
+    """A value with a folder or a suffix is a file (a missing one says so); a file in the current
+    folder named like a recipe wins over the recipe."""
+    with pytest.raises(C.ConfigError, match=r"gaussians-sds\.yaml: cannot read config file"):
+        C.load(["gaussians-sds.yaml"], ["prompt=a red cube"])  # no such file here
+    with pytest.raises(C.ConfigError, match=r"cannot read config file"):
+        C.load([tmp_path / "gaussians-sds"], ["prompt=a red cube"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "gaussians-sds").write_text(RECIPE)
+    assert C.load(["gaussians-sds"]).system.representation.name == "nerf"  # the local file

@@ -13,6 +13,7 @@ from tests.helpers import REPO
 from tests.test_fit import fit
 from tests.tiny_priors import tiny_mvdream, tiny_sd, tiny_sdxl, untrained_video_prior
 from threedgen import config as C
+from threedgen.registry import GUIDANCE
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 STAND_INS = {"stabilityai/stable-diffusion-2-1-base": tiny_sd, "stabilityai/stable-diffusion-xl-base-1.0": tiny_sdxl,
@@ -21,7 +22,7 @@ STAND_INS = {"stabilityai/stable-diffusion-2-1-base": tiny_sd, "stabilityai/stab
 
 def test_recipes_exist():
     names = {r.stem for r in RECIPES}
-    assert {f"{rep}-{m}" for rep in ("gaussians", "nerf") for m in ("sds", "vsd", "esd", "ism", "tsm", "asd", "csds")} <= names
+    assert {f"{rep}-{m}" for rep in ("gaussians", "nerf") for m in GUIDANCE} <= names  # every method on both
     assert {"dreamfusion-sd", "prolificdreamer", "luciddreamer", "dreamer-xl", "mvdream-sds"} <= names
 
 

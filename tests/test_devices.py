@@ -24,8 +24,8 @@ from threedgen.runs import save_config
 
 
 def build_system(cfg, run_dir):
-    from systems.text_to_3d import TextTo3D
-    from systems.text_to_4d import TextTo4D
+    from threedgen.systems.text_to_3d import TextTo3D
+    from threedgen.systems.text_to_4d import TextTo4D
 
     return (TextTo4D if cfg.system.video is not None else TextTo3D)(cfg, run_dir)
 

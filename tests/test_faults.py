@@ -20,7 +20,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from systems.text_to_3d import TextTo3D
+from threedgen.systems.text_to_3d import TextTo3D
 from tests.helpers import REPO, TINY, run_dirs
 from threedgen.cli import main
 from threedgen.export.splat import read_splat_ply

@@ -36,7 +36,7 @@ def mvdream_file(folder: Path) -> Path:
     MVDream's sd-v2.1-base-4view.pt is laid out."""
     from diffusers import UNet2DConditionModel
 
-    from benchmarks.real_priors import FAMILIES
+    from threedgen.benchmarks.real_priors import FAMILIES
     from tests.tiny_priors import save_mvdream_file
 
     with torch.device("cuda"):
@@ -47,7 +47,7 @@ def mvdream_file(folder: Path) -> Path:
 @pytest.fixture(scope="session")
 def checkpoint(tmp_path_factory):
     """family -> a random-weight checkpoint of the published shape, built once per session."""
-    from benchmarks.real_priors import save_random_checkpoint
+    from threedgen.benchmarks.real_priors import save_random_checkpoint
 
     root, made = tmp_path_factory.mktemp("real-priors"), {}
 

@@ -126,7 +126,7 @@ def test_gradients_reach_grids_including_through_normals():
     out = nerf.render(_cams(17), torch.ones(3), n_samples=32, with_normals=True)
     info = out.info
     # Tilt the normals' target: use reversed directions so the loss is non-zero on the blob.
-    loss = orientation_loss(info["weights"], info["normals"], -info["dirs"])
+    loss = orientation_loss(info.weights, info.normals, -info.dirs)
     assert loss > 0
     loss.backward()
     assert nerf.density.grad.abs().sum() > 0 and torch.isfinite(nerf.density.grad).all()
@@ -168,8 +168,8 @@ def test_normals_face_camera_at_centre():
     # radial normals face away, so the accumulated length is somewhat below alpha.
     length, alpha = n.norm(dim=-1), out.alpha[:, 0, 16, 16]
     assert ((length <= alpha + 1e-5) & (length > 0.7 * alpha)).all(), (length, alpha)
-    assert out.info["normals"].shape == out.info["points"].shape
-    assert out.info["weights"].shape == out.info["t"].shape
+    assert out.info.normals.shape == out.info.points.shape
+    assert out.info.weights.shape == out.info.t.shape
 
 
 def test_fit_coloured_disc_from_four_views():

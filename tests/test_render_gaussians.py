@@ -181,7 +181,7 @@ def test_means2d_grad_and_default_strategy_densifies_on_cpu():
     target = torch.rand(2, 3, 24, 24, generator=torch.Generator().manual_seed(0))
     n_before = len(g)
     out = g.render(cams, torch.ones(3), backend="cpu")
-    info = out.info
+    info = out.info.strategy_info()
     for key in ("means2d", "radii", "width", "height", "n_cameras", "gaussian_ids"):
         assert key in info
     assert info["radii"].shape == (2, n_before, 2) and info["gaussian_ids"] is None
@@ -251,7 +251,7 @@ def test_gsplat_cuda_matches_cpu():
         assert (gt - gg).abs().max() <= 2e-3 * gg.abs().max().clamp_min(1e-6)
     # render_gaussians picks gsplat on CUDA.
     out = render_gaussians(means, quats, scales, opacities, colors, cams_gpu, bg_gpu[0])
-    assert out.rgb.is_cuda and out.info["radii"].shape == (3, 500, 2)
+    assert out.rgb.is_cuda and out.info.radii.shape == (3, 500, 2)
     assert out.rgb.shape == (3, 3, 32, 32) and out.depth.shape == (3, 1, 32, 32)
 
 
@@ -313,7 +313,7 @@ def test_densify_schedule_opacity_reset_and_resumable_statistics():
     for step in range(8):
         opts = g.optimizers()
         out = g.render(cams, bg)
-        out.info["means2d"].retain_grad()
+        out.info.means2d.retain_grad()
         (out.rgb.mean() + out.alpha.mean()).backward()
         for o in opts.values():
             o.step()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel, UNet3DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+from transformers import CLIPModel, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
 from threedgen.priors.embedded.model import MAX_TOKENS, SPECIAL_TOKENS, build_tokenizer
 
@@ -154,4 +154,23 @@ def untrained_video_prior(folder: Path) -> Path:
     torch.manual_seed(0)
     tok = M.build_tokenizer(T.video_vocabulary())
     T.save_video_pipeline(folder, M.build_video_unet(), M.build_text_encoder(len(tok)), tok, T.VideoTrainConfig())
+    return folder
+
+
+def tiny_clip(folder: Path, words: list[str] = WORDS) -> Path:
+    """A random transformers CLIPModel of tiny dims (32x32 images, 8x8 patches, one layer a tower,
+    8-dim embeddings) with a word-level tokenizer over ``words``, in the CLIPModel folder layout."""
+    from transformers import CLIPConfig, CLIPVisionConfig
+
+    from threedgen.world.clip import SPECIALS, save_world_clip
+
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer(words, SPECIALS)
+    text = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                          num_attention_heads=2, max_position_embeddings=MAX_TOKENS, pad_token_id=0, bos_token_id=1,
+                          eos_token_id=tokenizer.convert_tokens_to_ids("<eos>"))
+    vision = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                              num_attention_heads=2)
+    model = CLIPModel(CLIPConfig(text_config=text.to_dict(), vision_config=vision.to_dict(), projection_dim=8))
+    save_world_clip(folder, model, tokenizer)
     return folder

@@ -1,7 +1,9 @@
 """Typed configuration: dataclass schema, YAML recipes, dotted overrides, whole-tree validation.
 
 ``load(["configs/gaussians-sds.yaml"], ["prompt=a red cube", "trainer.max_steps=800"])`` merges the
-files left to right with OmegaConf (a file's ``base: other.yaml`` is merged first, so a variant
+files left to right with OmegaConf (a file is a path, or the name of a shipped recipe:
+``load(["gaussians-sds"], ...)`` reads configs/gaussians-sds.yaml, installed as the package data
+``threedgen.configs``) (a file's ``base: other.yaml`` is merged first, so a variant
 recipe holds only what it changes), applies the overrides, then builds the dataclass tree. Every
 problem raises ``ConfigError`` with the dotted path, before anything heavy is built:
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.resources
 import math
 import re
 import types
@@ -29,6 +32,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from threedgen.registry import CONFIG_TABLES, FORMATS, GUIDANCE, REPRESENTATIONS
+from threedgen.representations.generator import TriplaneGenerator, upsamplings
 from threedgen.schedules import ConfigError, Ramp, Scheduled, check_at_least, check_image_size
 
 
@@ -133,9 +137,15 @@ class TrainerConfig:
     val_every: int = 200
     ckpt_every: int = 100
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    # Lightning DDP, amortized runs only (system.amortized): processes per node and nodes
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Literal["auto", "ddp"] = "auto"
 
     def __post_init__(self):
-        check_at_least(self, 1, "max_steps", "ckpt_every")
+        check_at_least(self, 1, "max_steps", "ckpt_every", "devices", "num_nodes")
+        if self.devices * self.num_nodes > 1 and self.strategy != "ddp":
+            raise ValueError("strategy: several devices or nodes need strategy=ddp")
         check_at_least(self, 0, "val_every", "seed")
         if self.seed >= 2**32:
             raise ValueError(f"seed: must be below 2^32, got {self.seed}")
@@ -213,6 +223,23 @@ class VideoConfig:
 
 
 @dataclass(frozen=True)
+class AmortizedConfig:
+    """One prompt-conditioned generator for a whole prompt corpus (systems/amortized.py). Each
+    step draws ``prompts_per_step`` prompts from this process's shard of ``corpus`` (a text file,
+    one prompt a line; a relative path is read from the working folder) and renders
+    ``system.camera.batch_size`` views of each; the total batch is prompts_per_step x processes."""
+
+    corpus: str
+    generator: TriplaneGenerator.Config = field(default_factory=TriplaneGenerator.Config)
+    prompts_per_step: int = 4
+
+    def __post_init__(self):
+        check_at_least(self, 1, "prompts_per_step")
+        if not self.corpus.strip():
+            raise ValueError("corpus: is empty; give a text file with one prompt a line")
+
+
+@dataclass(frozen=True)
 class SystemConfig:
     representation: Any = field(metadata={"table": "representations"})  # a Config chosen by its ``name``
     guidance: Any = field(metadata={"table": "guidance"})  # a guidance method's Config, chosen by its ``name``
@@ -223,9 +250,18 @@ class SystemConfig:
     # Clamp the gradient reaching each rendered pixel to [-c, c] (Dreamer XL); 0 = off.
     pixel_grad_clip: Scheduled = 0.0
     video: VideoConfig | None = None  # set: a text-to-4D run (needs a dynamic representation)
+    amortized: AmortizedConfig | None = None  # set: one generator for a prompt corpus
 
     def __post_init__(self):
         check_representation_size(self.representation)
+        if self.amortized is not None and (self.representation.name != "triplane" or self.video is not None):
+            raise ValueError(f"amortized: the generator outputs triplanes (representation.name: triplane, "
+                             f"no video), not {self.representation.name}")
+        if self.amortized is not None:
+            try:
+                upsamplings(self.representation.resolution, self.amortized.generator.tokens)
+            except ValueError as e:
+                raise ValueError(f"amortized: generator: {e}") from None
         if self.video is None:
             return
         if not REPRESENTATIONS[self.representation.name].dynamic:
@@ -238,6 +274,45 @@ class SystemConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    """CLIP metrics of a run (``threedgen.evaluate``): CLIP score and CLIP R-precision from
+    ``views`` views evenly spaced around the evaluation orbit, the first at azimuth 0 (the front).
+
+    clip_model: a hub id ("openai/clip-vit-base-patch32"), a local folder in transformers'
+    CLIPModel layout, "embedded" (the embedded world's CLIP, shipped), "auto" ("embedded" for a
+    run on the embedded prior, none for any other: the world's CLIP knows only the world) or null
+    (no CLIP metrics; ``eval.clip_model=`` on the command line). prompt_pool: a file of distractor
+    prompts, one a line; null: the world's 36 prompts for the embedded CLIP, else the shipped pool
+    (``threedgen/priors/clip_prompts.txt``). views: 8, every 45 degrees, so that the back of the
+    object (a Janus face) counts as much as its front."""
+
+    clip_model: str | None = "auto"
+    prompt_pool: str | None = None
+    views: int = 8
+
+    def __post_init__(self):
+        check_at_least(self, 1, "views")
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What one prompt of ``threedgen batch`` reserves on its Ray cluster (a plain ``fit``
+    ignores it). gpus: None takes one GPU when the cluster has any, else none; a fraction packs
+    several prompts on one GPU. memory_gb: 0 reserves no memory."""
+
+    cpus: float = 1.0
+    gpus: float | None = None
+    memory_gb: float = 0.0
+
+    def __post_init__(self):
+        if self.cpus <= 0:
+            raise ValueError(f"cpus: must be above 0, got {self.cpus}")
+        for name in ("gpus", "memory_gb"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"{name}: must be at least 0, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class RunConfig:
     prompt: str
     system: SystemConfig
@@ -247,6 +322,8 @@ class RunConfig:
     init_from: str | None = None  # a run folder: start from its representation (stage chaining)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)  # per prompt of a batch
 
     def __post_init__(self):
         if not self.prompt.strip():
@@ -257,6 +334,16 @@ class RunConfig:
         if not parts or Path(self.name).is_absolute() or ".." in parts:
             raise ValueError(f"name: {self.name!r} is not a plain relative path (runs go to "
                              "<output_dir>/<name>/...; no '..', no leading '/')")
+        t = self.trainer
+        if self.system.amortized is None and (t.devices * t.num_nodes > 1 or t.strategy == "ddp"):
+            raise ValueError("trainer: several processes (devices, num_nodes, strategy=ddp) train an amortized "
+                             "generator (system.amortized); a per-prompt run takes one device")
+        if self.system.amortized is not None and self.init_from:
+            raise ValueError("init_from: an amortized run starts its generator from scratch (fine-tune a "
+                             "generated run folder instead)")
+        if self.system.amortized is not None and self.test.export:
+            raise ValueError("test: export: an amortized run exports nothing itself; use [] and export the "
+                             "run folders `threedgen generate` writes")
 
 
 # --- building dataclasses from plain data ------------------------------------------------------
@@ -363,6 +450,44 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# --- recipes ----------------------------------------------------------------------------------
+
+# The repository's configs/ folder, installed as this package (pyproject.toml's package-dir), so a
+# checkout, an editable install and a wheel read the same files.
+RECIPE_PACKAGE = "threedgen.configs"
+
+
+def recipes() -> dict[str, Path]:
+    """The shipped recipes by name: ``{"gaussians-sds": .../configs/gaussians-sds.yaml, ...}``."""
+    folder = Path(str(importlib.resources.files(RECIPE_PACKAGE)))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def shipped_path(path: str | Path) -> Path:
+    """A file a recipe names (``configs/corpora/world-train.txt``): as given when it exists, else
+    the shipped one under the installed configs/ folder, so recipes by name work from any folder."""
+    path = Path(path)
+    if path.exists() or path.is_absolute() or path.parts[:1] != ("configs",):
+        return path
+    return Path(str(importlib.resources.files(RECIPE_PACKAGE))).joinpath(*path.parts[1:])
+
+
+def recipe_path(config: str | Path) -> Path:
+    """A ``--config`` value as a file: an existing file or any path with a folder or a suffix
+    (``configs/gaussians-sds.yaml``) is taken as it is; a bare name (``gaussians-sds``) is a
+    shipped recipe, and an unknown one raises a one-line ConfigError naming the close ones."""
+    path = Path(config)
+    if path.is_file() or len(path.parts) != 1 or path.suffix:
+        return path
+    known = recipes()
+    if path.name in known:
+        return known[path.name]
+    close = difflib.get_close_matches(path.name, list(known), n=3, cutoff=0.5)
+    hint = (f"did you mean {', '.join(close[:-1])}{' or ' if close[:-1] else ''}{close[-1]}?" if close
+            else f"recipes: {', '.join(known)}")
+    raise ConfigError(f"{config}: no such recipe or file; {hint} (or give a path to a YAML file)")
+
+
 def _read(f: str | Path, seen: tuple = ()) -> list:
     """One recipe file as OmegaConf parts: its ``base:`` recipe's parts (a path relative to the
     file, read first, recursively), then its own keys."""
@@ -403,8 +528,9 @@ def from_overrides(cls, overrides: list[str]):
 
 
 def load(files: list[str | Path], overrides: list[str] = ()) -> RunConfig:
-    """Merge YAML files (each after its ``base:`` recipe) and ``key=value`` overrides, then
-    validate the whole tree."""
+    """Merge YAML files or recipe names (each after its ``base:`` recipe) and ``key=value``
+    overrides, then validate the whole tree."""
+    files = [recipe_path(f) for f in files]
     data = _merge([p for f in files for p in _read(f)], overrides)
     if files and "name" not in data:
         data["name"] = Path(files[-1]).stem

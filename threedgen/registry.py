@@ -26,7 +26,7 @@ systems, the CLI, the benchmarks) loads it here, and code that knows the family 
 world's checks load the embedded priors) calls the adapter's ``from_pretrained`` itself.
 
 Systems (the Lightning glue) sit above this module, since they read the config; which one a run
-takes is decided here too (``system_kind``), and ``systems.fit`` maps the kind to its class.
+takes is decided here too (``system_kind``), and ``threedgen.systems.fit`` maps the kind to its class.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ REPRESENTATIONS = {"gaussians": Gaussians, "mesh": Mesh, "nerf": NeRF, "triplane
 GUIDANCE = {"sds": SDS, "vsd": VSD, "esd": ESD, "ism": ISM, "tsm": TSM, "asd": ASD, "csds": CSDS}
 
 FORMATS = {"glb": F.mesh_format(F.glb), "obj": F.mesh_format(F.obj), "ply": F.mesh_format(F.ply),
-           "splat": F.splat, "mp4": F.turntable("mp4"), "gif": F.turntable("gif"), "views": F.views}
+           "splat": F.splat, "mp4": F.turntable("mp4"), "gif": F.turntable("gif"), "views": F.views,
+           "gpteval3d": F.gpteval3d}
 
 CONVERSIONS = {
     ("gaussians", "gaussians"): Cv.same_kind, ("nerf", "nerf"): Cv.same_kind,
@@ -134,5 +135,8 @@ def convert(source, target_cfg, seed: int = 0):
 
 
 def system_kind(cfg) -> str:
-    """"text_to_4d" for a run with video guidance (``system.video``), else "text_to_3d"."""
+    """"amortized" for a prompt-corpus generator (``system.amortized``), "text_to_4d" for a run
+    with video guidance (``system.video``), else "text_to_3d"."""
+    if cfg.system.amortized is not None:
+        return "amortized"
     return "text_to_3d" if cfg.system.video is None else "text_to_4d"

@@ -12,23 +12,34 @@ one-line WriteError, so a file under its final name is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import pickle
 import re
 import shlex
+import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 import yaml
+from PIL import Image
 
 from threedgen import config as C
-from threedgen.files import RunError, atomic_write
-from threedgen.registry import build_representation
+from threedgen.export.views import write_video
+from threedgen.files import RunError, atomic_write, remove_temporaries
+from threedgen.prompts import image_prompt_for
+from threedgen.registry import build_representation, load_prior, load_video_prior
 
 CONFIG_FILE, CKPT = "config.yaml", Path("ckpts") / "last.ckpt"
+# A multi-process (DDP) launch starts every process with the same command: they share the run
+# folder named here. Lightning's own launcher (trainer.devices > 1) sets it for the processes it
+# starts; under torchrun or srun set it yourself.
+RUN_DIR_ENV = "THREEDGEN_RUN_DIR"
 
 
 def slug(prompt: str) -> str:
@@ -36,7 +47,18 @@ def slug(prompt: str) -> str:
 
 
 def create_run_dir(cfg: C.RunConfig) -> Path:
-    """Make a fresh run folder (never reusing one) and check it is writable."""
+    """Make a fresh run folder (never reusing one) and check it is writable; with $THREEDGEN_RUN_DIR
+    set, that folder (every process of a launch uses it), which must hold no checkpoint yet."""
+    shared = os.environ.get(RUN_DIR_ENV)
+    if shared:
+        run = Path(shared)
+        if (run / CKPT).exists():
+            raise RunError(f"{run} (${RUN_DIR_ENV}) already holds a run; resume it with --resume {run}")
+        try:
+            run.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise RunError(f"run folder {run} cannot be created ({e.strerror})") from None
+        return run
     parent = Path(cfg.output_dir) / cfg.name
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -61,6 +83,14 @@ def create_run_dir(cfg: C.RunConfig) -> Path:
 def save_config(run: Path, cfg: C.RunConfig, argv: list[str]) -> None:
     atomic_write(run / CONFIG_FILE, yaml.safe_dump(json.loads(json.dumps(C.to_dict(cfg))), sort_keys=False))
     atomic_write(run / "cmd.txt", shlex.join(argv) + "\n")  # replayable in a shell
+
+
+def write_test_renders(test_dir: Path, frames: np.ndarray, fps: int) -> None:
+    """frames [N, H, W, 3] uint8 -> test/NNN.png and test/turntable.mp4."""
+    test_dir.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        Image.fromarray(f).save(test_dir / f"{i:03d}.png")
+    write_video(test_dir / "turntable.mp4", frames, fps=fps)
 
 
 def load_run_config(run: Path) -> C.RunConfig:
@@ -92,6 +122,60 @@ def read_checkpoint(path: Path) -> dict:
         raise RunError(f"{path}: non-finite values (NaN or Inf) in {', '.join(bad)}; the run diverged. "
                        "Fit it again with a lower learning rate or guidance scale")
     return ckpt
+
+
+def open_checkpoint(run: Path) -> tuple[Path, int]:
+    """(checkpoint path, steps it holds) of a run to resume: a damaged, unsafe or diverged
+    checkpoint raises a one-line RunError before anything loads; temporary files a killed write
+    left are removed."""
+    ckpt = checkpoint_path(run)
+    step = int(read_checkpoint(ckpt)["state_dict"].get("step_count", 0))
+    remove_temporaries(run)
+    return ckpt, step
+
+
+def load_priors(cfg: C.RunConfig, cache: dict | None = None) -> dict:
+    """The run's priors by the system's argument names (``prior``; a 4D run's ``video_prior``),
+    with its prompts checked against their vocabularies before anything heavy is built. cache:
+    loaded priors by their config, kept between calls (a batch worker); priors this run does not
+    use are dropped from it."""
+    cache = {} if cache is None else cache
+    video = cfg.system.video
+    wanted = {"prior": (load_prior, cfg.system.prior)}
+    if video is not None:
+        wanted["video_prior"] = (load_video_prior, video.prior)
+    keys = {name: f"{name}:{json.dumps(C.to_dict(pcfg), sort_keys=True)}" for name, (_, pcfg) in wanted.items()}
+    for stale in set(cache) - set(keys.values()):
+        del cache[stale]
+    for name, (load, pcfg) in wanted.items():
+        if keys[name] not in cache:
+            cache[keys[name]] = load(pcfg)
+    priors = {name: cache[key] for name, key in keys.items()}
+    prior = priors["prior"]
+    if video is not None:  # 4D: the prompt as the video prior reads it, and in the image prior's words
+        priors["video_prior"].check_prompt(cfg.prompt)
+        priors["video_prior"].check_prompt(cfg.negative_prompt)
+        prior.check_prompt(video.image_prompt or image_prompt_for(cfg.prompt, prior.vocabulary))
+    else:
+        prior.check_prompt(cfg.prompt)
+    prior.check_prompt(cfg.negative_prompt)
+    return priors
+
+
+@contextlib.contextmanager
+def removed_unless_checkpointed(run: Path):
+    """Around a fit: if it fails (also Ctrl-C) before its first checkpoint, remove the run folder,
+    which could be neither resumed nor evaluated; a NonFiniteError says what the folder keeps."""
+    try:
+        yield
+    except BaseException as e:
+        kept = (run / CKPT).is_file()
+        if not kept:
+            shutil.rmtree(run)
+        if isinstance(e, NonFiniteError):
+            raise NonFiniteError(f"{e}; training stopped, " + (
+                f"{run / CKPT} keeps the last finite state" if kept else "before its first checkpoint")) from None
+        raise
 
 
 def load_representation(run: Path):

@@ -12,11 +12,12 @@ from typing import Literal
 
 import torch
 
-from threedgen.cameras import orbit
+from threedgen.cameras import make_cameras, orbit
 from threedgen.export.mesh import SurfaceError, bake_views, fidelity, textured_mesh, write_glb, write_obj, write_ply
 from threedgen.export.splat import write_splat_ply
 from threedgen.export import views as V
 from threedgen.files import atomic_write
+from threedgen.progress import counting_renders
 from threedgen.schedules import check_image_size
 
 
@@ -37,7 +38,7 @@ class ExportConfig:
     # "query" asks the representation (surface_colour) at each point; "auto": query for a mesh
     # representation (its colour at its own triangles is exact), project otherwise.
     bake: Literal["auto", "project", "query"] = "auto"
-    resolution: int = 256  # of turntable frames and view images
+    resolution: int | None = None  # of turntable frames and view images; default 256 (gpteval3d: 512)
     frames: int = 60  # turntable
     fps: int = 20
     shading: Literal["rgb", "normal", "depth"] = "rgb"  # turntable
@@ -46,23 +47,31 @@ class ExportConfig:
     azimuths: int = 8  # views per ring
     background: tuple[float, float, float] | None = None  # default: the run's background
     times: int = 8  # 4D runs: frames of the mesh and splat sequences (times k / times)
+    prompt_id: int = 0  # gpteval3d: the prompt's index in GPTEval3D's prompts.json (its folder name)
 
     def __post_init__(self):
-        if self.grid < 8 or self.texture_size < 8 or self.resolution < 8:
+        if self.grid < 8 or self.texture_size < 8 or (self.resolution is not None and self.resolution < 8):
             raise ValueError("grid, texture_size and resolution must be at least 8")
         if self.grid > 1024:
             raise ValueError(f"grid: {self.grid} is too large (a {self.grid}^3 grid of density and colour "
                              f"needs about {self.grid ** 3 * 16 / 2**30:,.0f} GiB; at most 1024)")
         check_image_size("texture_size", self.texture_size, 1)
-        check_image_size("resolution", self.resolution, self.frames)
+        if self.resolution is not None:
+            check_image_size("resolution", self.resolution, self.frames)
         if min(self.frames, self.fps, self.azimuths, self.times) < 1 or not self.elevations:
             raise ValueError("frames, fps, azimuths and times must be positive and elevations non-empty")
+        if self.prompt_id < 0:
+            raise ValueError(f"prompt_id: must be at least 0, got {self.prompt_id}")
         if self.max_faces < 0 or not 0 <= self.min_piece < 1:
             raise ValueError("max_faces >= 0 and 0 <= min_piece < 1 are required")
         if any(abs(e) > 89.9 for e in self.elevations) or (self.elevation is not None and abs(self.elevation) > 89.9):
             raise ValueError("elevations must lie within (-90, 90) degrees")
         if self.background is not None and not all(0 <= c <= 1 for c in self.background):
             raise ValueError("background colour components must lie in [0, 1]")
+
+    def size(self, default: int) -> int:
+        """The image size of a format: ``resolution``, else the format's ``default``."""
+        return self.resolution or default
 
 
 class Job:
@@ -100,13 +109,15 @@ class Job:
         views = bake_views(c.eval_distance, c.eval_fov_y) if project else None
         for suffix, time, rep in self.frames:
             try:
-                m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
-                                  max_faces=o.max_faces, texture_size=o.texture_size,
-                                  cameras=views, background=self.background)
+                with counting_renders(rep, f"mesh{suffix}: surface and texture bake"):
+                    m = textured_mesh(rep, grid=o.grid, level=o.level, min_piece=o.min_piece,
+                                      max_faces=o.max_faces, texture_size=o.texture_size,
+                                      cameras=views, background=self.background)
             except SurfaceError as e:
                 raise ExportError(f"mesh: {e}" + (f" (time {time:g})" if time is not None else "")) from None
-            m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
-                                          self.background)
+            with counting_renders(rep, f"mesh{suffix}: fidelity", total=8):
+                m.info["fidelity"] = fidelity(rep, m.verts, m.faces, m.uv, m.texture, self.orbit(8, 128),
+                                              self.background)
             meshes[suffix] = m
         report = (meshes[""].info if not self.dynamic else
                   {"frames": [{"time": t, **meshes[s].info} for s, t, _ in self.frames]})
@@ -151,14 +162,17 @@ def turntable(suffix: str):
         fixed-view video too."""
         o = job.opts
         shading = "" if o.shading == "rgb" else "-" + o.shading
-        videos = {f"turntable{shading}": job.orbit(o.frames, o.resolution, o.elevation, time=job.dynamic)}
+        size = o.size(256)
+        videos = {f"turntable{shading}": job.orbit(o.frames, size, o.elevation, time=job.dynamic)}
         if job.dynamic:
-            one = job.orbit(1, o.resolution, o.elevation)[torch.zeros(o.frames, dtype=torch.long)]
+            one = job.orbit(1, size, o.elevation)[torch.zeros(o.frames, dtype=torch.long)]
             videos[f"fixed{shading}"] = replace(one, time=torch.arange(o.frames, dtype=torch.float32) / o.frames)
         paths = []
         for name, cams in videos.items():
             paths.append(job.out / f"{name}.{suffix}")
-            V.write_video(paths[-1], V.turntable(job.rep, cams, o.shading, job.background), fps=o.fps)
+            with counting_renders(job.rep, paths[-1].name, total=len(cams)):
+                frames = V.turntable(job.rep, cams, o.shading, job.background)
+            V.write_video(paths[-1], frames, fps=o.fps)
         return paths
 
     return write
@@ -167,5 +181,42 @@ def turntable(suffix: str):
 def views(job: Job) -> list[Path]:
     """The multi-view set (for a 4D run, of its first frame)."""
     o, c = job.opts, job.cfg.system.camera
-    cams = V.view_cameras(o.elevations, o.azimuths, c.eval_distance, c.eval_fov_y, o.resolution)
-    return V.write_view_set(job.frames[0][2], cams, job.out / "views", job.background)
+    cams = V.view_cameras(o.elevations, o.azimuths, c.eval_distance, c.eval_fov_y, o.size(256))
+    rep = job.frames[0][2]
+    with counting_renders(rep, "views", total=len(cams)):
+        return V.write_view_set(rep, cams, job.out / "views", job.background)
+
+
+# GPTEval3D (github.com/3DTopia/GPTEval3D) compares methods on 120 views a shape, rendered on
+# threestudio's test camera path: threestudio's RandomCameraDataset "test" split puts its
+# n_test_views = 120 cameras at azimuths torch.linspace(0, 360, 120) (so the last repeats the
+# first) at eval_elevation_deg = 15, z up, azimuth from +x towards +y, as threedgen's cameras.
+GPTEVAL3D_VIEWS = 120
+GPTEVAL3D_ELEVATION = 15.0
+
+
+def gpteval3d(job: Job) -> list[Path]:
+    """GPTEval3D's inputs for one shape (for a 4D run, its first frame):
+    ``gpteval3d/<prompt_id>/<seed>/rgb_<k>.png`` and ``normal_<k>.png``, k = 0 .. 119 without
+    padding, as its tournament code reads them (``rgb_%d.png``, from the folder of prompt id
+    ``prompt_id`` and seed folder ``<seed>``: the run's ``trainer.seed``; GPTEval3D reads seed 0).
+    ``gpteval3d/`` is then a method folder of GPTEval3D's layout (it must hold nothing but prompt
+    folders). Views: threestudio's test path (above) at ``elevation`` (default 15 degrees) and the
+    run's evaluation distance and field of view, ``resolution`` (default 512) square, 8-bit RGB:
+    colours on the run's background; world normals as (n + 1) / 2 times the coverage (black where
+    empty), threestudio's ``comp_normal``."""
+    o, c = job.opts, job.cfg.system.camera
+    elevation = GPTEVAL3D_ELEVATION if o.elevation is None else o.elevation
+    azimuths = torch.linspace(0.0, 360.0, GPTEVAL3D_VIEWS)
+    cams = make_cameras(elevation, azimuths, c.eval_distance, c.eval_fov_y, o.size(512))
+    folder = job.out / "gpteval3d" / str(o.prompt_id) / str(job.cfg.trainer.seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, k = [], 0
+    for out, batch in V.render_batches(job.frames[0][2], cams, job.background):
+        normals = (V.world_normals(out, batch) + 1) / 2 * out.alpha
+        for rgb, normal in zip(out.rgb, normals):
+            for name, image in (("rgb", rgb), ("normal", normal)):
+                paths.append(folder / f"{name}_{k}.png")
+                V.write_png(paths[-1], V.to_uint8(image.permute(1, 2, 0)))
+            k += 1
+    return paths

@@ -321,9 +321,10 @@ def hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_hub(name: str, fetch) -> Path:
+def _from_hub(name: str, fetch, what: str = "prior", setting: str = "system.prior.path") -> Path:
     """``fetch(local_files_only) -> path`` from the Hugging Face cache, else downloaded when the
-    hub is allowed and reachable; offline, one line that says how to make it available."""
+    hub is allowed and reachable; offline, one line that says how to make it available.
+    ``what`` names the model in messages, ``setting`` the config key that takes a local folder."""
     try:
         return Path(fetch(True))
     except Exception:  # not cached (LocalEntryNotFoundError), or an incomplete cache entry
@@ -331,12 +332,12 @@ def _from_hub(name: str, fetch) -> Path:
     if hub_offline() or not hub_reachable():
         why = "HF_HUB_OFFLINE=1" if hub_offline() else "the hub cannot be reached"
         raise PriorLoadError(
-            f"prior {name!r} is not in the local Hugging Face cache and {why}: on a connected machine run "
-            f"`hf download {name}` (then copy ~/.cache/huggingface), or set system.prior.path to a local folder")
+            f"{what} {name!r} is not in the local Hugging Face cache and {why}: on a connected machine run "
+            f"`hf download {name}` (then copy ~/.cache/huggingface), or set {setting} to a local folder")
     try:
         return Path(fetch(False))
     except Exception as e:
-        raise PriorLoadError(f"prior {name!r}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise PriorLoadError(f"{what} {name!r}: download failed ({type(e).__name__}: {str(e).splitlines()[0]})") from e
 
 
 def resolve_file(name: str) -> Path:
@@ -353,15 +354,17 @@ def resolve_file(name: str) -> Path:
     return _from_hub(name, lambda cached: hf_hub_download(repo, filename, local_files_only=cached))
 
 
-def resolve_checkpoint(name: str) -> Path:
+def resolve_checkpoint(name: str, patterns: list[str] = HUB_PATTERNS, what: str = "prior",
+                       setting: str = "system.prior.path") -> Path:
     """A local folder, or a hub id ("org/model") -> its folder in the Hugging Face cache,
-    downloaded (safetensors components only) when online and not cached yet."""
+    downloaded (the files matching ``patterns``: by default the diffusers components,
+    safetensors only) when online and not cached yet. ``what`` and ``setting``: see ``_from_hub``."""
     local = Path(name).expanduser()
     if local.is_dir():
         return local
     if local.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
-        raise PriorLoadError(f"prior {name}: no such folder (and not a hub id of the form org/model)")
+        raise PriorLoadError(f"{what} {name}: no such folder (and not a hub id of the form org/model)")
     from huggingface_hub import snapshot_download
 
-    return _from_hub(name, lambda cached: snapshot_download(name, allow_patterns=HUB_PATTERNS,
-                                                             local_files_only=cached))
+    return _from_hub(name, lambda cached: snapshot_download(name, allow_patterns=patterns, local_files_only=cached),
+                     what, setting)

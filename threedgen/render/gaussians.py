@@ -46,7 +46,7 @@ from gsplat.cuda._torch_impl import (
 from threedgen.cameras import Cameras
 from threedgen.render import cpu_kernels as kernels
 from threedgen.render.cpu_kernels import ALPHA_MAX, ALPHA_THRESHOLD, EXTENT_MAX, T_MIN, as_numpy
-from threedgen.render.types import RenderOutput
+from threedgen.render.types import RenderOutput, SplatInfo
 
 LOG_T_MIN = math.log(T_MIN)
 RENDER_MODES = ("RGB", "D", "ED", "RGB+D", "RGB+ED")
@@ -448,7 +448,8 @@ def render_gaussians(
     CPU, the torch reference elsewhere), "cpu" (tiled, numba kernels), "dense" (torch reference)
     or "gsplat".
     Returns RenderOutput with rgb [B, 3, H, W], alpha [B, 1, H, W], depth [B, 1, H, W] (expected
-    depth, 0 where alpha is 0), normal None, info = the rasterizer's meta (for DefaultStrategy).
+    depth, 0 where alpha is 0), normal None, info: ``SplatInfo``, read from the rasterizer's meta,
+    the same fields from every backend (for densification).
     """
     if backend == "auto":
         backend = AUTO_BACKENDS.get(means.device.type, "dense")
@@ -474,4 +475,6 @@ def render_gaussians(
     rgb = render[..., :3].permute(0, 3, 1, 2)
     alpha = alphas.permute(0, 3, 1, 2)
     depth = torch.where(alpha > 0, render[..., 3:4].permute(0, 3, 1, 2), torch.zeros_like(alpha))
-    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=None, info=meta)
+    info = SplatInfo(means2d=meta["means2d"], radii=meta["radii"], width=meta["width"],
+                     height=meta["height"], n_cameras=meta["n_cameras"])
+    return RenderOutput(rgb=rgb, alpha=alpha, depth=depth, normal=None, info=info)

@@ -264,7 +264,7 @@ def render_mesh(verts: Tensor, faces: Tensor, shader: Shader, cameras: Cameras, 
 
     Returns RenderOutput: rgb [B, 3, H, W]; alpha [B, 1, H, W]; depth [B, 1, H, W] camera-space
     depth along the viewing axis (0 where empty); normal [B, 3, H, W] world unit face normals where
-    covered (0 elsewhere); info {"face_ids": [B, H, W] long, -1 where empty}.
+    covered (0 elsewhere); info None (``rasterize`` gives the visible face of each pixel).
     """
     H, W, B = cameras.height, cameras.width, len(cameras)
     edges = edges if edges is not None else mesh_edges(faces)
@@ -290,4 +290,4 @@ def render_mesh(verts: Tensor, faces: Tensor, shader: Shader, cameras: Cameras, 
         return x.reshape(B, H, W, -1).permute(0, 3, 1, 2)
 
     return RenderOutput(rgb=chw(image), alpha=chw(alpha), depth=chw(depth_img[:, None]),
-                        normal=chw(normal_img), info={"face_ids": face_ids.reshape(B, H, W)})
+                        normal=chw(normal_img))

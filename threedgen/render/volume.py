@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from threedgen.cameras import Cameras
-from threedgen.render.types import RenderOutput
+from threedgen.render.types import RenderOutput, VolumeInfo
 
 FieldFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 """points [M, 3] -> (density [M] >= 0, rgb [M, 3] in [0, 1])."""
@@ -80,18 +80,8 @@ def render_volume(field_fn: FieldFn, cameras: Cameras, *, aabb: float, n_samples
         with the weights, so their length is ~alpha).
 
     Returns RenderOutput with rgb [B, 3, H, W], alpha / depth [B, 1, H, W], normal [B, 3, H, W]
-    or None, and info:
-        "weights": [R, S] per-sample weights of the R rays that hit the box (CPU path), or packed
-            [N] (estimator path);
-        "ray_indices": [R] (CPU) / [N] (estimator) index of each row / sample into the flattened
-            B*H*W rays;
-        "points": sample positions, [R, S, 3] / [N, 3];
-        "t": sample distances along the (unit) rays, [R, S] / [N];
-        "density": [R, S] / [N];
-        "normals": [R, S, 3] / [N, 3] (only with_normals);
-        "dirs": unit ray directions, [R, 3] (CPU) / per sample [N, 3] (estimator); both broadcast
-            against "normals" in ``orientation_loss``;
-        "n_rays": B*H*W.
+    or None, and info: ``VolumeInfo``, the samples (per hit ray on the CPU path, packed on the
+    estimator path) with their weights, and their normals when ``with_normals``.
     """
     B, H, W = len(cameras), cameras.height, cameras.width
     origins, dirs = cameras.rays()
@@ -129,8 +119,6 @@ def render_volume(field_fn: FieldFn, cameras: Cameras, *, aabb: float, n_samples
     t = t_starts + u * step
     points = o[:, None] + t[..., None] * d[:, None]  # [R, S, 3]
 
-    info = {"ray_indices": ray_indices, "points": points, "t": t, "dirs": d, "n_rays": n_rays}
-
     def flat(x: Tensor) -> Tensor:  # [R, C] rows of the hit rays -> [n_rays, C], zeros elsewhere
         return x.new_zeros(n_rays, x.shape[-1]).index_copy(0, ray_indices, x)
 
@@ -139,9 +127,8 @@ def render_volume(field_fn: FieldFn, cameras: Cameras, *, aabb: float, n_samples
         rgb_flat = background.expand(n_rays, 3)
         alpha_flat = depth_flat = zeros
         normal_flat = zeros.expand(n_rays, 3) if with_normals else None
-        info.update(weights=t.new_zeros(0, n_samples), density=t.new_zeros(0, n_samples))
-        if with_normals:
-            info["normals"] = points.new_zeros(0, n_samples, 3)
+        weights = t.new_zeros(0, n_samples)
+        normals = points.new_zeros(0, n_samples, 3) if with_normals else None
     else:
         density, rgb, normals = _field_with_normals(field_fn, points.reshape(-1, 3), with_normals)
         density = density.reshape(R, n_samples)
@@ -151,19 +138,18 @@ def render_volume(field_fn: FieldFn, cameras: Cameras, *, aabb: float, n_samples
         color = nerfacc.accumulate_along_rays(weights, rgb)  # [R, 3]
         t_exp = nerfacc.accumulate_along_rays(weights, t[..., None])  # [R, 1], unnormalised
         depth = t_exp * cos[ray_indices, None] / alpha.clamp_min(DEPTH_ALPHA_FLOOR)
-        info.update(weights=weights, density=density)
         alpha_flat, depth_flat = flat(alpha), flat(depth)
         rgb_flat = flat(color) + background * (1.0 - alpha_flat)
         normal_flat = None
         if with_normals:
             normals = normals.reshape(R, n_samples, 3)
-            info["normals"] = normals
             normal_flat = flat(nerfacc.accumulate_along_rays(weights, normals))
 
+    info = VolumeInfo(weights=weights, t=t, points=points, dirs=d, normals=normals)
     return _assemble(rgb_flat, alpha_flat, depth_flat, normal_flat, (B, H, W), info)
 
 
-def _assemble(rgb, alpha, depth, normal, shape, info) -> RenderOutput:
+def _assemble(rgb, alpha, depth, normal, shape, info: VolumeInfo) -> RenderOutput:
     B, H, W = shape
     img = lambda x: x.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()  # noqa: E731
     return RenderOutput(rgb=img(rgb), alpha=img(alpha), depth=img(depth),
@@ -194,12 +180,9 @@ def _render_estimator(field_fn: FieldFn, estimator, origins: Tensor, dirs: Tenso
     t = (t_starts + t_ends) / 2
     d = dirs[ray_idx]
     points = origins[ray_idx] + d * t[:, None]
-    info = {"ray_indices": ray_idx, "points": points, "t": t, "dirs": d, "n_rays": n_rays}
     if t.shape[0] == 0:
         zeros = torch.zeros(n_rays, 1, device=origins.device, dtype=origins.dtype)
-        info.update(weights=t, density=t)
-        if with_normals:
-            info["normals"] = points
+        info = VolumeInfo(weights=t, t=t, points=points, dirs=d, normals=points if with_normals else None)
         return _assemble(background.expand(n_rays, 3), zeros, zeros,
                          zeros.expand(n_rays, 3) if with_normals else None, shape, info)
 
@@ -211,11 +194,8 @@ def _render_estimator(field_fn: FieldFn, estimator, origins: Tensor, dirs: Tenso
     alpha = acc(None)
     rgb_out = acc(rgb) + background * (1.0 - alpha)
     depth = acc(t[:, None]) * cos[:, None] / alpha.clamp_min(DEPTH_ALPHA_FLOOR)
-    info.update(weights=weights, density=density)
-    normal_out = None
-    if with_normals:
-        info["normals"] = normals
-        normal_out = acc(normals)
+    normal_out = acc(normals) if with_normals else None
+    info = VolumeInfo(weights=weights, t=t, points=points, dirs=d, normals=normals)
     return _assemble(rgb_out, alpha, depth, normal_out, shape, info)
 
 

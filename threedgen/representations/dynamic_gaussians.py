@@ -186,8 +186,8 @@ class DynamicGaussians(Gaussians):
 
     def post_step(self, step: int, out: RenderOutput, optimizers: dict) -> None:
         """Densification (Gaussians') after renders at one time only: a clip's frames have no
-        common screen-space statistics."""
-        if out.info:
+        common screen-space statistics (a render over several times has no info)."""
+        if out.info is not None:
             super().post_step(step, out, {k: v for k, v in optimizers.items() if k in self.params})
 
     def render(self, cameras: Cameras, background: Tensor, backend: str = "auto",

@@ -240,7 +240,8 @@ class Gaussians(nn.Module):
             strategy, state = self._strategy()
             device = self.means.device  # the statistics follow the parameters (after .to() or a resume)
             state.update({k: v.to(device) for k, v in state.items() if torch.is_tensor(v)})
-            strategy.step_post_backward(self.params, optimizers, state, step, out.info, packed=False)
+            info = out.info.strategy_info()  # gsplat's strategy reads a meta dict: the one conversion
+            strategy.step_post_backward(self.params, optimizers, state, step, info, packed=False)
             if c.opacity_reset_every and step > 0 and step % c.opacity_reset_every == 0:
                 from gsplat.strategy.ops import reset_opa
 

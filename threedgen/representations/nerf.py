@@ -138,7 +138,7 @@ class NeRF(nn.Module):
             "sparsity": (c.lambda_sparsity, lambda: opacity_sparsity(out.alpha)),
             "entropy": (c.lambda_entropy, lambda: opacity_entropy(out.alpha)),
             "orientation": (c.lambda_orientation,
-                            lambda: orientation_loss(i["weights"], i["normals"], i["dirs"])),
+                            lambda: orientation_loss(i.weights, i.normals, i.dirs)),
             "tv": (c.lambda_tv, self.tv_loss),
         })
 
@@ -280,7 +280,7 @@ def orientation_loss(weights: Tensor, normals: Tensor, dirs: Tensor, n_rays: int
     weights: [R, S] (batched) or [N] (packed); normals: [R, S, 3] / [N, 3]; dirs: unit ray
     directions [R, 3] (broadcast over samples) or the same shape as normals. n_rays: divisor,
     default weights.shape[0] (right for batched; pass the number of rays for packed input).
-    Takes ``info["weights"], info["normals"], info["dirs"]`` from ``render_volume``."""
+    Takes ``info.weights, info.normals, info.dirs`` (``VolumeInfo``) from ``render_volume``."""
     if dirs.dim() == normals.dim() - 1:
         dirs = dirs.unsqueeze(-2)
     w = weights.detach() if detach_weights else weights

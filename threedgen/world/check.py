@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
+from tqdm import tqdm
 
 from threedgen.cameras import make_cameras
 from threedgen.world.metrics import iou
@@ -63,12 +64,19 @@ def world_mean_latent(prior: DiffusionPrior, n: int = 384, seed: int = 0) -> Ten
     return prior.encode_images(world.render(shapes, colours, cams).rgb).mean(0, keepdim=True)
 
 
-def _sample(prior, prompts, cams, scale, steps, g, t_start, mean, chunk=96) -> Tensor:
-    out = []
-    for i in range(0, len(prompts), chunk):
+def _phase(desc: str) -> tqdm:
+    """A progress line naming a step with no steps inside, on stderr when it is a terminal."""
+    return tqdm(total=1, desc=desc, bar_format="{desc} [{elapsed}]", disable=None, leave=False)
+
+
+def _sample(prior, prompts, cams, scale, steps, g, t_start, mean, name, chunk=96) -> Tensor:
+    """Samples of ``prompts`` from ``cams``, ``chunk`` at a time, each chunk with a progress bar
+    (``name`` k/n)."""
+    out, n = [], -(-len(prompts) // chunk)
+    for k, i in enumerate(range(0, len(prompts), chunk)):
         sl = slice(i, i + chunk)
         out.append(ddim_sample(prior, _conditioning(prior, prompts[sl], cams[sl]), scale, steps, g,
-                               t_start=t_start, mean_latent=mean))
+                               t_start=t_start, mean_latent=mean, progress=f"{name} {k + 1}/{n}"))
     return torch.cat(out)
 
 
@@ -91,7 +99,8 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
     """t_start: DDIM's truncated start from the world's mean image (``ddim_sample``); None samples
     from pure noise at the top of the schedule."""
     prior = Embedded.from_pretrained(path)
-    mean = world_mean_latent(prior) if t_start is not None else None
+    with _phase("world mean image"):
+        mean = world_mean_latent(prior) if t_start is not None else None
     classifier = WorldClassifier.from_pretrained(Path(path) / "classifier")
     g = torch.Generator().manual_seed(seed)
     held_out = {tuple(p) for p in world.HELD_OUT}
@@ -106,10 +115,11 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
     el = 0.0 + 45.0 * torch.rand(n, generator=g)
     az = 360.0 * torch.rand(n, generator=g)
     cams = make_cameras(el, az, 2.8, 30.0, prior.resolution)
-    samples = _sample(prior, prompts, cams, guidance_scale, steps, g, t_start, mean)
+    samples = _sample(prior, prompts, cams, guidance_scale, steps, g, t_start, mean, "prompts")
     shapes, colours = classifier.predict(samples)
-    result: dict = {"classifier_on_world": classifier_accuracy(classifier),
-                    "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start, "seed": seed}}
+    with _phase("classifier on world renders"):
+        result: dict = {"classifier_on_world": classifier_accuracy(classifier),
+                        "sampler": {"steps": steps, "guidance_scale": guidance_scale, "t_start": t_start, "seed": seed}}
     for name, want in [("seen", False), ("held_out", True)]:
         idx = [i for i, k in enumerate(keys) if (k in held_out) == want]
         ok_s = [shapes[i] == keys[i][0] for i in idx]
@@ -134,12 +144,13 @@ def check_prior(path: Path = EMBEDDED_PATH, out_png: Path | None = Path("check-p
                 tests.append((s, colour, e, a, alts))
     cams = make_cameras([t[2] for t in tests], [t[3] for t in tests], 2.8, 30.0, prior.resolution)
     samples = _sample(prior, [world.prompt_for(t[0], t[1]) for t in tests], cams, guidance_scale, steps, g,
-                      t_start, mean)
+                      t_start, mean, "camera tests")
     masks = sample_silhouette(samples)
     counts = {"elevation": [0, 0], "mug_azimuth": [0, 0], "cube_azimuth": [0, 0]}
     by_shape = {s: [0, 0] for s in world.SHAPES}  # the elevation tests, per shape
     decidable = [0, 0]
-    for k, (s, colour, e, a, alts) in enumerate(tests):
+    for k, (s, colour, e, a, alts) in enumerate(tqdm(tests, desc="camera tests: true silhouettes", disable=None,
+                                                     leave=False, dynamic_ncols=True)):
         def truth(el, azi):  # the true render's silhouette, taken as the sample's is
             c = make_cameras(el, azi, 2.8, 30.0, prior.resolution)
             return sample_silhouette(world.render([s], [colour], c).rgb)
@@ -282,7 +293,8 @@ def check_video_prior(path: Path, out_png: Path | None = Path("check-video-prior
     clips = []
     for i in range(0, n, 32):
         cond = _conditioning(prior, prompts[i:i + 32], cams[i:i + 32])
-        clips.append(ddim_sample(prior, cond, guidance_scale, steps, g, t_start=t_start, mean_latent=mean))
+        clips.append(ddim_sample(prior, cond, guidance_scale, steps, g, t_start=t_start, mean_latent=mean,
+                                 progress=f"clips {i // 32 + 1}/{-(-n // 32)}"))
     clips = torch.cat(clips)  # [N, 3, T, R, R]
     shapes, colours, motions = classifier.predict(clips)
     ok = np.array([[s == k[0], c == k[1], m == k[2]] for s, c, m, k in zip(shapes, colours, motions, keys)])

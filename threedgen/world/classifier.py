@@ -82,20 +82,37 @@ def train_classifier(out: Path, steps: int = 1500, n_renders: int = 6000, seed: 
     t0 = time.time()
     data, shapes, _ = world_batch(n_renders, g)
     log.info("classifier: rendered %d views in %.0f s", n_renders, time.time() - t0)
-    palette = world.colour_tensor(list(world.COLOURS))
-    augment = nn.Sequential(
+    augment = augmentation()
+
+    def batch():
+        rgb, shape_ids, colour_ids = recoloured_batch(data, shapes, 128, g, augment)
+        return rgb, (shape_ids, colour_ids)
+
+    return fit_heads(WorldClassifier(), steps, batch, out, "classifier")
+
+
+def augmentation() -> nn.Module:
+    """The training augmentation of the world's image models (the classifier, the CLIP): small
+    turns, shifts and scalings, blur, brightness and saturation jitter, noise, so that they
+    also read imperfect optimised renders. Draws from torch's global generator."""
+    return nn.Sequential(
         K.RandomAffine(degrees=5, translate=(0.08, 0.08), scale=(0.85, 1.15), padding_mode="border", p=0.8),
         K.RandomGaussianBlur((3, 3), (0.1, 1.0), p=0.5),
         K.ColorJitter(brightness=0.1, saturation=0.15, p=0.5),
         K.RandomGaussianNoise(std=0.03, p=0.5),
     )
-    def batch():
-        idx = torch.randint(n_renders, (128,), generator=g)
-        colours = torch.randint(len(world.COLOURS), (128,), generator=g)
-        rgb = world.colourize(data.luminance[idx], data.alpha[idx], palette[colours])
-        return augment(rgb).clamp(0, 1), (shapes[idx], colours)
 
-    return fit_heads(WorldClassifier(), steps, batch, out, "classifier")
+
+def recoloured_batch(data: world.WorldRender, shapes: Tensor, n: int, g: torch.Generator,
+                     augment: nn.Module) -> tuple[Tensor, Tensor, Tensor]:
+    """n of ``world_batch``'s renders ``data`` (shape ids ``shapes`` [N]), drawn at random, each
+    re-coloured with a random world colour and augmented -> (rgb [n, 3, H, W] in [0, 1],
+    shape ids [n], colour ids [n])."""
+    idx = torch.randint(len(shapes), (n,), generator=g)
+    colours = torch.randint(len(world.COLOURS), (n,), generator=g)
+    palette = world.colour_tensor(list(world.COLOURS))
+    rgb = world.colourize(data.luminance[idx], data.alpha[idx], palette[colours])
+    return augment(rgb).clamp(0, 1), shapes[idx], colours
 
 
 def fit_heads(model, steps: int, batch, out: Path, name: str):

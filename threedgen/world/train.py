@@ -25,6 +25,7 @@ from diffusers.training_utils import EMAModel
 from tqdm import tqdm
 
 from threedgen.cameras import make_cameras
+from threedgen.priors.diffusion import EMBEDDED_PATH
 from threedgen.priors.video import frame_text, video_unet_class
 from threedgen.priors.embedded import model as M
 from threedgen import world
@@ -270,7 +271,7 @@ class VideoTrainConfig(TrainConfig):
     save_every: int = 250
     clips_per_combination: int = 60
     frames: int = M.VIDEO_FRAMES
-    init_from: str = str(Path(__file__).parent / "weights")
+    init_from: str = str(EMBEDDED_PATH)
     timestep_shift: float = 1.0  # see diffusion_loss
     random_phase: bool = True  # False: every clip starts at phase 0 (see clip_times)
     prediction_type: str = "epsilon"  # or "v_prediction" (see diffusion_loss)

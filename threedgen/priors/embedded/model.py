@@ -66,11 +66,12 @@ def camera_embedding(cameras: Cameras) -> Tensor:
     return torch.stack(feats, dim=-1)
 
 
-def build_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer: '<bos> word word ... <eos> <pad>...', MAX_TOKENS long."""
+def build_tokenizer(words: list[str], specials: tuple[str, ...] = SPECIAL_TOKENS) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer: '<bos> word word ... <eos> <pad>...', MAX_TOKENS long; ids follow
+    ``specials`` (the four special tokens in id order), then ``words``."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    vocab = {w: i for i, w in enumerate([*SPECIAL_TOKENS, *words])}
+    vocab = {w: i for i, w in enumerate([*specials, *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(

@@ -1,0 +1,1 @@
+"""Run reports (``RUN/report.html``) and an index of runs: ``report.build``."""
