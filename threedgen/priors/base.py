@@ -20,6 +20,7 @@ import string
 from pathlib import Path
 from typing import Protocol
 
+from diffusers import DDPMScheduler
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
@@ -67,8 +68,8 @@ class Prior(Protocol):
     vocabulary: list[str] | None  # a closed vocabulary (the embedded priors), else None
     text_encoder_id: str | None  # names the text encoder(s) for the embedding cache; None: no cache
     unet: nn.Module  # the diffusers UNet (VSD trains a LoRA copy of it)
-    scheduler: object  # the diffusers DDPMScheduler it was trained with (its config: the schedule,
-    #                    ``prediction_type``); sampling and VSD read it
+    scheduler: DDPMScheduler  # the schedule it was trained with (its config: betas,
+    #                           ``prediction_type``); sampling and VSD read it
 
     def check_prompt(self, prompt: str) -> None:
         """Raise PromptError for a prompt the text encoder would not read whole (a word outside a
