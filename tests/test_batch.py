@@ -124,6 +124,10 @@ def test_batch_survives_a_killed_worker_and_a_bad_prompt_and_reruns_as_a_no_op(t
     with open(out / "index.csv") as f:
         assert [(int(r["index"]), r["status"]) for r in csv.DictReader(f)] == [(r["index"], r["status"]) for r in table]
 
+    # the report index page links every run's report
+    page = (out / "index.html").read_text()
+    assert all(f'href="{r["run"]}/report.html"' in page for r in ok) and "a plaid cube" not in page
+
     # one run folder per good prompt, complete; named by place and prompt
     folders = sorted(p.parent.name for p in out.glob("*/config.yaml"))
     assert folders == sorted(r["run"] for r in ok) == ["001-a_red_cube", "002-a_blue_sphere", "003-an_orange_cone",

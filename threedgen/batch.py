@@ -5,7 +5,9 @@ The batch folder (``--out``; default ``<output_dir>/<name>/batch-<PROMPTS file s
 - ``batch.json``: the prompts, the recipe files and overrides, the resolved recipe, versions;
 - ``NNN-<prompt-slug>/``: one ordinary run folder per prompt (NNN: its place in the file);
 - ``index.jsonl`` and ``index.csv``: one row per prompt (status, run folder, seconds, metrics,
-  one-line error), rewritten whenever a prompt starts or ends.
+  one-line error), rewritten whenever a prompt starts or ends;
+- ``index.html``: the run report's index page (``threedgen report``) of the run folders, written
+  when the batch ends (each fit wrote its own ``report.html``).
 
 Each worker is one Ray actor that fits prompts one after another and keeps the priors it loaded
 (by their config) between them; it reserves the recipe's ``resources`` (CPUs, GPUs, memory).
@@ -45,6 +47,7 @@ from threedgen import runs
 from threedgen.export.formats import ExportError
 from threedgen.files import atomic_write
 from threedgen.priors.base import PriorLoadError, PromptError
+from threedgen.report import build as report
 
 INSTALL = "threedgen batch needs Ray: pip install 'threedgen[batch]' (or pip install ray)"
 FIELDS = ("index", "prompt", "status", "run", "seconds", "prior_seconds", "attempts", "resumed_from",
@@ -493,11 +496,14 @@ def run_batch(prompts_file: Path, configs: list[str], overrides: list[str], out:
                 run_on_ray(todo, events, base.resources, address, workers, retries)
         finally:
             events.bar.close()
+        if any(r["run"] for r in rows.values()):  # each fit wrote its report.html: link them all
+            report.write_index(out, reports=False)
     return summary(out, rows, len(todo))
 
 
 def summary(out: Path, rows: dict[int, dict], ran: int) -> int:
     counts = Counter(r["status"] for r in rows.values())
     parts = ", ".join(f"{counts[s]} {s}" for s in ("ok", "invalid", "failed", "pending") if counts[s])
-    print(f"batch {out}: {parts} of {len(rows)} prompts ({ran} run now); index: {out / 'index.csv'}")
+    pages = f", {out / 'index.html'}" if (out / "index.html").is_file() else ""
+    print(f"batch {out}: {parts} of {len(rows)} prompts ({ran} run now); index: {out / 'index.csv'}{pages}")
     return 0 if counts["ok"] == len(rows) else 1

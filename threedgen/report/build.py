@@ -77,11 +77,12 @@ def find_runs(root: Path) -> list[Path]:
     return runs
 
 
-def write_index(root: Path) -> Path:
-    """Each run's report, then ``root/index.html`` listing them all -> the index's path."""
+def write_index(root: Path, reports: bool = True) -> Path:
+    """Each run's report (unless ``reports`` is False: each fit wrote its own), then
+    ``root/index.html`` listing them all -> the index's path."""
     root = Path(root)
     runs = find_runs(root)
-    for run in bar(runs, desc="reports", unit=" runs"):
+    for run in bar(runs if reports else [], desc="reports", unit=" runs"):
         write_report(run)
     path = root / "index.html"
     atomic_write(path, index_page(root, [read_run(r) for r in runs]))
