@@ -32,7 +32,7 @@ from threedgen.export.run import export
 from threedgen.files import RunError
 from threedgen.priors.base import PriorLoadError, PromptError
 from threedgen.priors.clip import load_clip
-from threedgen.registry import check_conversion
+from threedgen.registry import conversion
 from threedgen.schedules import ConfigError
 
 # threedgen/__init__.py exports fit, Run and these from here.
@@ -132,4 +132,4 @@ def _check_init_from(cfg: C.RunConfig) -> None:
     source = Path(cfg.init_from)
     source_cfg = runs.load_run_config(source)
     runs.read_checkpoint(runs.checkpoint_path(source))
-    check_conversion(source_cfg.system.representation.name, cfg.system.representation.name)
+    conversion(source_cfg.system.representation.name, cfg.system.representation.name)  # refuses in one line

@@ -8,8 +8,8 @@ classes and functions. Adding a kind is one file plus one entry here (and a reci
   ``representations.protocol.Representation``;
 - GUIDANCE: ``threedgen/guidance/<name>.py``, one method and its formula;
 - FORMATS: a function (export Job) -> the files written, in ``threedgen/export/formats.py``;
-- CONVERSIONS: stage chaining (``init_from``), (source name, target name) -> a function in
-  ``threedgen/representations/convert.py``;
+- CONVERSIONS: stage chaining (``init_from``) across kinds, (source name, target name) -> a
+  function in ``threedgen/representations/convert.py`` (a kind starts from its own kind without one);
 - PRIOR_FAMILIES: ``threedgen/priors/<family>.py``, an adapter over ``priors.diffusion.DiffusionPrior``
   (its codec, text encoding, added conditioning, camera) with a ``detects(folder)`` that reads
   a checkpoint's configs;
@@ -66,9 +66,7 @@ FORMATS = {"glb": F.mesh_format(F.glb, F.animated_glb), "obj": F.mesh_format(F.o
            "splat": F.splat, "mp4": F.turntable("mp4"), "gif": F.turntable("gif"), "views": F.views,
            "gpteval3d": F.gpteval3d}
 
-CONVERSIONS = {
-    ("gaussians", "gaussians"): Cv.same_kind, ("nerf", "nerf"): Cv.same_kind,
-    ("triplane", "triplane"): Cv.same_kind, ("mesh", "mesh"): Cv.same_kind,
+CONVERSIONS = {  # across kinds; every kind starts from a run of its own kind (Cv.same_kind)
     ("nerf", "mesh"): Cv.mesh_from_density, ("triplane", "mesh"): Cv.mesh_from_density,
     ("gaussians", "mesh"): Cv.mesh_from_density,
     ("nerf", "gaussians"): Cv.gaussians_from_density, ("triplane", "gaussians"): Cv.gaussians_from_density,
@@ -122,16 +120,20 @@ def load_video_prior(cfg) -> D.DiffusionPrior:
     return prior
 
 
-def check_conversion(source_name: str, target_name: str) -> None:
+def conversion(source_name: str, target_name: str):
+    """The function (source, target config, seed) -> a ``target_name`` representation started
+    from a ``source_name`` one (``init_from``): ``Cv.same_kind`` for the same kind."""
+    if source_name == target_name:
+        return Cv.same_kind
     if (source_name, target_name) not in CONVERSIONS:
-        known = ", ".join(f"{a} -> {b}" for a, b in CONVERSIONS if a != b)
+        known = ", ".join(f"{a} -> {b}" for a, b in CONVERSIONS)
         raise ConfigError(f"init_from: cannot start a {target_name} from a {source_name} run (supported: same kind, {known})")
+    return CONVERSIONS[source_name, target_name]
 
 
 def convert(source, target_cfg, seed: int = 0):
     """A ``target_cfg.name`` representation initialised from ``source`` (representations.convert)."""
-    check_conversion(source.cfg.name, target_cfg.name)
-    return CONVERSIONS[source.cfg.name, target_cfg.name](source, target_cfg, seed)
+    return conversion(source.cfg.name, target_cfg.name)(source, target_cfg, seed)
 
 
 def system_kind(cfg) -> str:

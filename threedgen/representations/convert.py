@@ -1,8 +1,9 @@
 """Stage chaining (``init_from=RUN_DIR``): start a representation from an earlier run's.
 
 The Magic3D / ProlificDreamer workflow: a coarse volumetric stage, then a mesh refined from its
-isosurface. ``threedgen.registry.CONVERSIONS`` maps (source name, target name) to one of the
-functions here, ``(source, target_cfg, seed) -> target``; a pair that is not in it is an error.
+isosurface. ``threedgen.registry.conversion`` picks one of the functions here, ``(source,
+target_cfg, seed) -> target``: ``same_kind`` for any kind, else the ``CONVERSIONS`` entry of the
+(source name, target name) pair; a pair that is not in it is an error.
 
 - same kind -> same kind: the target (same sizes) starts from the source's weights, e.g. a second
   stage with another guidance or a longer schedule;
