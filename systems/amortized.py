@@ -56,8 +56,8 @@ class Amortized(TextTo3D):
         self.corpus = Corpus(self.prior, shard(self.corpus_prompts, rank, world), self.cfg.negative_prompt, s.prompts)
 
     def setup(self, stage: str) -> None:
-        self.use_shard(self.global_rank, self.trainer.world_size)
-        if self.trainer.is_global_zero:
+        self.use_shard(self.global_rank, self.world_size)
+        if self.is_zero:
             atomic_write(self.run_dir / "corpus.txt", "".join(f"{p}\n" for p in self.corpus_prompts))
 
     # --- optimisation -----------------------------------------------------------------------------
@@ -71,18 +71,27 @@ class Amortized(TextTo3D):
     def optimise(self, opts: dict, guide_opts: dict, backward=torch.Tensor.backward):
         """TextTo3D's step; the loss it reports is the mean over the processes."""
         loss, logs = super().optimise(opts, guide_opts, backward)
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if self.world_size > 1:
             loss = self.trainer.strategy.reduce(loss, reduce_op="mean")
         return loss, logs
 
     # --- outputs: rank 0 ----------------------------------------------------------------------------
+    @property
+    def world_size(self) -> int:
+        """The processes training together (1 outside a Trainer)."""
+        return 1 if self._trainer is None else self.trainer.world_size
+
+    @property
+    def is_zero(self) -> bool:
+        """Rank 0 writes the run folder's files (also true outside a Trainer: tests, one process)."""
+        return self._trainer is None or self.trainer.is_global_zero
+
     def on_train_start(self):
         self._t0 = time.time()
-        zero = self.trainer.is_global_zero
-        self.step_log = StepLog(self.run_dir / "logs" / "metrics.csv", int(self.step_count)) if zero else _NoLog()
+        self.step_log = StepLog(self.run_dir / "logs" / "metrics.csv", int(self.step_count)) if self.is_zero else _NoLog()
 
     def save_views(self, path: Path) -> None:
-        if self.trainer.is_global_zero:
+        if self.is_zero:
             super().save_views(path)
 
     @torch.no_grad()
@@ -96,11 +105,10 @@ class Amortized(TextTo3D):
         return to_uint8(self.preview().render(cameras, self.background).rgb.permute(0, 2, 3, 1))
 
     def metrics(self) -> dict:
-        world = self.trainer.world_size if self._trainer is not None else 1
         return {**evaluate_run(self.cfg, self.preview(), self.background), **self.timings(),
-                "corpus_prompts": len(self.corpus_prompts), "processes": world}
+                "corpus_prompts": len(self.corpus_prompts), "processes": self.world_size}
 
     def finish(self) -> dict:
-        if self._trainer is not None and not self.trainer.is_global_zero:
+        if not self.is_zero:
             return {}
         return super().finish()

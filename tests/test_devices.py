@@ -34,7 +34,8 @@ def build_system(cfg, run_dir):
 def steps_on_fake(system, n: int = 2) -> None:
     """Move ``system`` to the fake accelerator (as Lightning moves it before making the
     optimizers) and run n training steps."""
-    if system.device != FAKE:  # Lightning moves a module once, before it restores a checkpoint
+    if system.device != FAKE:  # as Lightning: set up, moved once, then a checkpoint restored
+        system.setup("fit")
         system.to(FAKE)
     system.on_train_start()
     opts, guide = system.representation.optimizers(), system.guidance.optimizers()
