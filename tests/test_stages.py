@@ -2,12 +2,14 @@
 representation (coarse NeRF -> mesh, NeRF -> Gaussians), resumes without redoing it, and rejects
 what it cannot convert."""
 
+import pytest
 import torch
 
 from tests.helpers import REPO
 from tests.test_cli import one_line_error
 from tests.test_fit import fit, weights
 from threedgen.cli import main
+from threedgen.registry import REPRESENTATIONS, convert
 from threedgen.runs import load_representation
 
 NERF = str(REPO / "configs" / "nerf-sds.yaml")
@@ -79,3 +81,25 @@ def test_gaussians_to_mesh_through_their_density():
     with torch.no_grad():
         ma, mb = g.render(cams, bg).alpha > 0.5, mesh.render(cams, bg).alpha > 0.5
     assert (ma & mb).sum() / (ma | mb).sum() > 0.85
+
+
+@pytest.mark.parametrize("name", sorted(REPRESENTATIONS))
+def test_every_kind_starts_from_its_own_kind(name):
+    """init_from between runs of one kind needs no CONVERSIONS entry: the weights carry over."""
+    cls = REPRESENTATIONS[name]
+    source = cls.from_config(cls.Config(), seed=1)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.25)
+    target = convert(source, cls.Config(), seed=2)
+    assert type(target) is cls
+    torch.testing.assert_close(target.state_dict(), source.state_dict())
+
+
+def test_a_grid_of_another_size_is_refused_in_one_line():
+    from threedgen.representations.nerf import NeRF
+    from threedgen.schedules import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^init_from: cannot start from a nerf of other sizes \(size mismatch") as e:
+        convert(NeRF.from_config(NeRF.Config(resolution=16)), NeRF.Config(resolution=24))
+    assert "\n" not in str(e.value)

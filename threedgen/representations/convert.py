@@ -27,12 +27,15 @@ from threedgen.representations.mesh import Mesh
 
 
 def same_kind(source, cfg, seed: int):
+    """The target starts from the source's weights. Kinds whose sizes change in training (the
+    Gaussians' count, a mesh's vertices) resize in ``load_weights``; fixed sizes that differ (a
+    grid's resolution) are refused in one line."""
     target = type(source).from_config(cfg, seed=seed)
-    state = source.state_dict()
-    mismatched = [k for k, v in target.state_dict().items() if k in state and state[k].shape != v.shape]
-    if mismatched:
-        raise ConfigError(f"init_from: cannot start from a {cfg.name} of other sizes ({', '.join(mismatched)} differ)")
-    target.load_weights(state)
+    try:
+        target.load_weights(source.state_dict())
+    except RuntimeError as e:  # load_state_dict's "size mismatch for ..."
+        sizes = "; ".join(line.strip() for line in str(e).splitlines()[1:3]) or str(e)
+        raise ConfigError(f"init_from: cannot start from a {cfg.name} of other sizes ({sizes})") from None
     return target
 
 
