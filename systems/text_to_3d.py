@@ -28,7 +28,7 @@ from threedgen.prompts import PromptProcessor
 from threedgen import progress
 from threedgen.report.build import write_report
 from threedgen.registry import build_guidance, build_representation, convert, load_prior
-from threedgen.runs import StepLog, check_finite, load_representation, write_test_renders
+from threedgen.runs import StepLog, check_finite, keep_fit_footprint, load_representation, write_test_renders
 from threedgen.schedules import ConfigError, value_at
 
 FROZEN = ("prior.", "guidance.prior.")  # never written to checkpoints, nor any frozen parameter
@@ -48,8 +48,7 @@ class TextTo3D(pl.LightningModule):
             self.representation = convert(source, s.representation, seed=cfg.trainer.seed)
         else:
             self.representation = build_representation(s.representation, seed=cfg.trainer.seed)
-        if self.representation.has_splats:  # larger renders keep the fit's pixel footprint
-            self.representation.fit_resolution = s.camera.resolution
+        keep_fit_footprint(self.representation, s.camera)
         if s.camera.views_per_group != self.prior.num_views:
             raise ConfigError(f"system.camera.views_per_group: the prior denoises groups of {self.prior.num_views} "
                               f"view(s), got {s.camera.views_per_group}")

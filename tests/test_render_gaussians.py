@@ -417,6 +417,23 @@ def test_larger_renders_sample_the_image_of_the_fit():
     assert (plain[inside] < 0.5).float().mean() > 0.2  # what the fix removes
 
 
+def test_the_field_follows_the_renders_above_the_fit_size():
+    """Renders above the fit's size keep its footprint; with the fit's pixel width known
+    (``fit_pixel``), the field carries the same footprint in 3D, so the isosurface (the mesh
+    export) matches those renders' silhouettes better than the undilated mixture's does."""
+    from threedgen.representations.isosurface import extract_isosurface
+
+    g = Gaussians.from_random_ball(1500, radius=0.5, seed=3).eval()
+    with torch.no_grad():
+        g.params["scales"].sub_(1.2)  # far smaller than a 32^2 pixel
+        g.params["opacities"].fill_(3.0)
+    g.fit_resolution = 32
+    undilated = extract_isosurface(g, resolution=48)[2]["silhouette_iou"]  # against 64^2 renders
+    g.fit_pixel = 2 * DIST * math.tan(math.radians(FOV) / 2) / 32
+    filtered = extract_isosurface(g, resolution=48)[2]["silhouette_iou"]
+    assert filtered > undilated + 0.01 and filtered > 0.975, (undilated, filtered)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gsplat_cuda_matches_cpu_with_the_fit_footprint():

@@ -16,6 +16,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -191,9 +192,17 @@ def load_representation(run: Path):
     except RuntimeError:  # load_state_dict: missing, unexpected or mis-shaped tensors
         raise RunError(f"{ckpt}: its weights do not fit the run's {cfg.system.representation.name} "
                        "representation (config.yaml and the checkpoint disagree)") from None
-    if rep.has_splats:  # larger renders keep the fit's pixel footprint (Gaussians.fit_resolution)
-        rep.fit_resolution = cfg.system.camera.resolution
+    keep_fit_footprint(rep, cfg.system.camera)
     return cfg, rep.eval()
+
+
+def keep_fit_footprint(rep, camera) -> None:
+    """Gaussians rendered above the fit's size keep its pixel footprint, and their field (the
+    mesh export) follows (``Gaussians.fit_resolution``, ``fit_pixel``: a pixel's width at the
+    evaluation distance). ``camera``: the run's ``system.camera``."""
+    if rep.has_splats:
+        rep.fit_resolution = camera.resolution
+        rep.fit_pixel = 2 * camera.eval_distance * math.tan(math.radians(camera.eval_fov_y) / 2) / camera.resolution
 
 
 # --- divergence ----------------------------------------------------------------------------------

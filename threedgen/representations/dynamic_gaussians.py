@@ -159,7 +159,7 @@ class DynamicGaussians(Gaussians):
         with torch.no_grad():
             means, quats, log_scales, logits = self.deformed(t)
             snapshot = Gaussians(means, log_scales, quats, logits, self.params["colors"].clone(), self.sh_degree)
-        snapshot.fit_resolution = self.fit_resolution
+        snapshot.fit_resolution, snapshot.fit_pixel = self.fit_resolution, self.fit_pixel
         return snapshot
 
     # --- the system's calls ---

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
 from threedgen.schedules import Scheduled, value_at
-from threedgen.render.gaussians import footprint_eps2d, render_gaussians
+from threedgen.render.gaussians import EPS2D, footprint_eps2d, render_gaussians
 from threedgen.render.types import RenderOutput
 
 SH_C0 = 0.28209479177387814  # degree-0 SH basis constant
@@ -75,6 +75,11 @@ class Gaussians(nn.Module):
     # known). Larger renders keep the fit's pixel footprint (render.gaussians.footprint_eps2d):
     # without it Gaussians fitted at 32^2 render porous at 256^2.
     fit_resolution: int | None = None
+    # The width of one of the fit's pixels at the object (world units; None: not known). The
+    # field (density_grid: the mesh export's isosurface, conversions) widens every Gaussian by
+    # the same footprint in 3D (``_field_scales``), so the mesh follows the renders above the
+    # fit's size instead of the thinner undilated mixture.
+    fit_pixel: float | None = None
 
     def __init__(self, means: Tensor, scales: Tensor, quats: Tensor, opacities: Tensor,
                  colors: Tensor, sh_degree: int = 0):
@@ -288,11 +293,18 @@ class Gaussians(nn.Module):
                 if len(near):
                     yield idx, near
 
-    def _precisions(self) -> Tensor:
-        """[N, 3, 3] inverse covariances."""
+    def _precisions(self, scales: Tensor | None = None) -> Tensor:
+        """[N, 3, 3] inverse covariances (of ``scales`` [N, 3], default the Gaussians' own)."""
         from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 
-        return _quat_scale_to_covar_preci(self.quats, self.scales, compute_covar=False)[1]
+        return _quat_scale_to_covar_preci(self.quats, self.scales if scales is None else scales, compute_covar=False)[1]
+
+    def _field_scales(self) -> Tensor:
+        """[N, 3]: the scales with the fit's 2D dilation (EPS2D pixels^2) added in 3D at
+        ``fit_pixel`` per pixel, a Mip-Splatting-style 3D filter (R S^2 R^T + s^2 I keeps R)."""
+        if not self.fit_pixel:
+            return self.scales
+        return (self.scales.square() + EPS2D * self.fit_pixel ** 2).sqrt()
 
     def _rgb(self, near: Tensor, dirs: Tensor | None) -> Tensor:
         """Colours of Gaussians ``near`` [n]: [n, 3], or [m, n, 3] seen along dirs [m, 3] (SH)."""
@@ -311,10 +323,12 @@ class Gaussians(nn.Module):
 
         density(x) = sum_i w_i(x), w_i(x) = o_i exp(-0.5 d_i^T Sigma_i^-1 d_i), d_i = x - mu_i,
         counting each Gaussian within 3 sigma (``_local``); rgb(x) = sum_i w_i c_i / density,
-        c_i the view-independent (DC) colour; 0 where no Gaussian reaches."""
-        precis = self._precisions()
+        c_i the view-independent (DC) colour; 0 where no Gaussian reaches. Sigma_i carries the
+        fit's footprint when ``fit_pixel`` is known (``_field_scales``)."""
+        scales = self._field_scales()
+        precis = self._precisions(scales)
         density, rgb = points.new_zeros(len(points)), points.new_zeros(len(points), 3)
-        for idx, near in self._local(points):
+        for idx, near in self._local(points, pad=3 * float((scales - self.scales).amax())):
             d = points[idx, None] - self.means[near][None]  # [m, n, 3]
             w = self.opacities[near] * torch.exp(-0.5 * torch.einsum("mni,nij,mnj->mn", d, precis[near], d))
             density[idx] = w.sum(-1)
