@@ -27,7 +27,7 @@ from threedgen.export.formats import ExportConfig, Job
 from threedgen.export.gltf import read_glb, srgb_to_linear
 from threedgen.export.mesh import textured_mesh, write_glb, write_obj, write_ply
 from threedgen.export.splat import read_splat_ply, write_splat_ply
-from threedgen.export.views import normals_from_depth, view_cameras, write_view_set
+from threedgen.export.views import view_cameras, write_view_set
 from threedgen.registry import FORMATS
 from threedgen.representations.dynamic_gaussians import DynamicGaussians
 from threedgen.representations.gaussians import Gaussians
@@ -333,7 +333,7 @@ def face_on_cube_normals(rep) -> tuple[torch.Tensor, torch.Tensor]:
     origins, dirs = cams.rays()
     hit = origins[0] + dirs[0] * (2.8 - 0.4) / dirs[0, ..., 0:1].neg()  # where the ray meets x = 0.4
     centre = (hit[..., 1].abs() < 0.25) & (hit[..., 2].abs() < 0.25) & (out.alpha[0, 0] > 0.99)
-    from_depth = normals_from_depth(out.depth, cams)
+    from_depth = cams.normals_at(out.depth)
     return out.normal[0].permute(1, 2, 0)[centre], from_depth[0].permute(1, 2, 0)[centre]
 
 

@@ -19,7 +19,7 @@ from threedgen.export.axes import from_file
 from threedgen.export.formats import ExportConfig, ExportError, Job
 from threedgen.export.mesh import (SurfaceError, bake_views, extract_surface, fidelity, projected_colours,
                                    textured_mesh, write_glb, write_obj, write_ply)
-from threedgen.export.views import normals_from_depth, transforms, view_cameras
+from threedgen.export.views import transforms, view_cameras
 from threedgen.representations.gaussians import Gaussians
 from threedgen.representations.mesh import Mesh
 from threedgen.representations.nerf import NeRF
@@ -175,7 +175,7 @@ def test_normals_from_depth_match_the_rasterizer():
     rep = painted_sphere_mesh()
     cams = orbit(2, 30.0, 2.8, 30.0, 64)
     out = rep.render(cams, BG)
-    derived = normals_from_depth(out.depth, cams)
+    derived = cams.normals_at(out.depth)
     inside = torch.nn.functional.max_pool2d((out.alpha < 0.999).float(), 5, 1, 2)[:, 0] == 0  # away from the outline
     cos = (derived * out.normal).sum(1)[inside]
     assert inside.sum() > 1000 and cos.median() > 0.99 and cos.min() > 0.8

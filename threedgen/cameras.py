@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -91,6 +92,19 @@ class Cameras:
         origins, dirs = self.rays()
         forward = -self.c2w[:, None, None, :3, 2]
         return origins + dirs * (depth[:, 0, ..., None] / (dirs * forward).sum(-1, keepdim=True))
+
+    def normals_at(self, depth: Tensor, step: int = 1) -> Tensor:
+        """depth [B, 1, H, W] -> world unit normals [B, 3, H, W] of the surface it back-projects
+        to (``points_at``), facing the camera: the cross product of the surface's differences
+        ``step`` pixels either side along the image's rows and columns (one-sided at the border)."""
+        points = self.points_at(depth)  # [B, H, W, 3]
+        s = step
+        p = F.pad(points.permute(0, 3, 1, 2), (s, s, s, s), mode="replicate")  # [B, 3, H + 2s, W + 2s]
+        du = p[..., s:-s, 2 * s:] - p[..., s:-s, :-2 * s]  # along the rows (x)
+        dv = p[..., 2 * s:, s:-s] - p[..., :-2 * s, s:-s]  # along the columns (y, down)
+        n = F.normalize(torch.linalg.cross(du, dv, dim=1), dim=1)
+        toward = (self.c2w[:, None, None, :3, 3] - points).permute(0, 3, 1, 2)
+        return torch.where((n * toward).sum(1, keepdim=True) < 0, -n, n)
 
 
 def look_at(elevation: Tensor, azimuth: Tensor, distance: Tensor) -> Tensor:

@@ -28,7 +28,6 @@ from typing import Literal
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from threedgen.cameras import Cameras, make_cameras
@@ -68,26 +67,10 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 # ---------------------------------------------------------------------- shading
-def backproject(depth: Tensor, cameras: Cameras) -> Tensor:
-    """depth [B, 1, H, W] camera-space (along the viewing axis) -> world points [B, H, W, 3]."""
-    return cameras.points_at(depth)
-
-
-def normals_from_depth(depth: Tensor, cameras: Cameras) -> Tensor:
-    """depth [B, 1, H, W] -> world unit normals [B, 3, H, W] facing the camera (central
-    differences of the back-projected surface)."""
-    p = backproject(depth, cameras)
-    du, dv = torch.gradient(p, dim=(2, 1))
-    n = F.normalize(torch.linalg.cross(du, dv), dim=-1)
-    toward = cameras.c2w[:, None, None, :3, 3] - p
-    n = torch.where((n * toward).sum(-1, keepdim=True) < 0, -n, n)
-    return n.permute(0, 3, 1, 2)
-
-
 def world_normals(out: RenderOutput, cameras: Cameras) -> Tensor:
     """[B, 3, H, W]: the render's normals (a representation's ``render_with_normals``), or
-    normals from its depth."""
-    return out.normal if out.normal is not None else normals_from_depth(out.depth, cameras)
+    normals from its depth (``Cameras.normals_at``)."""
+    return out.normal if out.normal is not None else cameras.normals_at(out.depth)
 
 
 def shade(out: RenderOutput, cameras: Cameras, mode: Shading, background: Tensor) -> Tensor:

@@ -9,7 +9,6 @@ from typing import Iterator, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from threedgen.cameras import Cameras
@@ -328,7 +327,8 @@ class Gaussians(nn.Module):
         scales = self._field_scales()
         precis = self._precisions(scales)
         density, rgb = points.new_zeros(len(points)), points.new_zeros(len(points), 3)
-        for idx, near in self._local(points, pad=3 * float((scales - self.scales).amax())):
+        widening = math.sqrt(EPS2D) * (self.fit_pixel or 0.0)  # the most _field_scales adds to a scale
+        for idx, near in self._local(points, pad=3 * widening):
             d = points[idx, None] - self.means[near][None]  # [m, n, 3]
             w = self.opacities[near] * torch.exp(-0.5 * torch.einsum("mni,nij,mnj->mn", d, precis[near], d))
             density[idx] = w.sum(-1)
@@ -344,15 +344,8 @@ class Gaussians(nn.Module):
         is a shell of Gaussians whose density peaks where the rendered depth lies, and there the
         gradient across the surface vanishes (0.77 on that face)."""
         out = self.render(cameras, background)
-        s = max(1, round(cameras.height / self.fit_resolution)) if self.fit_resolution else 1
-        cameras = cameras.to(out.depth.device)
-        points = cameras.points_at(out.depth)  # [B, H, W, 3]
-        p = F.pad(points.permute(0, 3, 1, 2), (s, s, s, s), mode="replicate")  # [B, 3, H + 2s, W + 2s]
-        du = p[..., s:-s, 2 * s:] - p[..., s:-s, :-2 * s]  # along the image's rows (x)
-        dv = p[..., 2 * s:, s:-s] - p[..., :-2 * s, s:-s]  # along its columns (y, down)
-        n = F.normalize(torch.linalg.cross(du, dv, dim=1), dim=1)
-        toward = (cameras.c2w[:, None, None, :3, 3] - points).permute(0, 3, 1, 2)
-        return replace(out, normal=torch.where((n * toward).sum(1, keepdim=True) < 0, -n, n))
+        step = max(1, round(cameras.height / self.fit_resolution)) if self.fit_resolution else 1
+        return replace(out, normal=cameras.to(out.depth.device).normals_at(out.depth, step))
 
     def density_grid(self, resolution: int) -> Tensor:
         """[R, R, R] mixture density (``field``) at the vertices of a regular grid spanning
