@@ -80,3 +80,21 @@ def test_export_cli_writes_the_splat_and_refuses_other_runs(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "nerf run has no Gaussians" in err
     assert not (nerf / "export" / "splat.ply").exists()
+
+
+def test_videos_written_at_once_to_one_path_stay_whole(tmp_path):
+    """Two exports of one run may write the same video at once: each writer has its own
+    temporary file (a shared fixed name made one writer's rename fail or leave a torn file)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import imageio.v3 as iio
+
+    from threedgen.export.views import write_video
+
+    rng = np.random.default_rng(0)
+    videos = [rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    for name in ("turntable.mp4", "turntable.gif"):
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda frames: write_video(tmp_path / name, frames), videos))
+        assert iio.imread(tmp_path / name).shape == (24, 32, 32, 3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["turntable.gif", "turntable.mp4"]

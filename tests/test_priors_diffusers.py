@@ -111,7 +111,6 @@ def test_v_prediction_is_converted_to_eps(folders):
 
 def test_sdxl_pooled_embedding_and_time_ids(folders, monkeypatch):
     prior = load(folders["sdxl"])
-    assert prior.sdxl
     text = prior.encode_prompts(["a red cube", "a blue sphere", ""])
     te2, tok2 = prior.text_encoders[1], prior.tokenizers[1]
     ids = tok2(["a red cube"], padding="max_length", max_length=tok2.model_max_length, return_tensors="pt")

@@ -18,14 +18,14 @@ class WriteError(RunError):
     """A file that could not be written (a full disk, a read-only folder); the message is one line."""
 
 
-
 @contextlib.contextmanager
-def atomic_target(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` to write; renamed over ``path`` when the block ends.
+def atomic_target(path: Path, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` to write, ending in ``suffix`` (for writers that read the
+    format from the name); renamed over ``path`` when the block ends.
     An OSError (a full disk, a read-only folder) removes the temporary file, leaves ``path`` as
     it was and becomes a one-line WriteError."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)

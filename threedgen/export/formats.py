@@ -88,6 +88,7 @@ class Job:
         self.cfg, self.rep, self.out, self.opts = cfg, rep, out, opts
         self.background = torch.tensor(opts.background or cfg.system.background, dtype=torch.float32)
         self.dynamic = rep.dynamic
+        self.mesh_up = opts.up or "y"  # the meshes' up axis: glTF's y unless ``up`` says otherwise
 
     def orbit(self, n: int, size: int, elevation: float | None = None, time: bool = False):
         """n views around the object at the run's evaluation camera (distance, field of view);
@@ -142,7 +143,7 @@ def mesh_format(write, sequence=None):
 
 
 def glb(m, job: Job, suffix: str) -> list[Path]:
-    return write_glb(m, job.out / f"mesh{suffix}.glb", up=job.opts.up or "y")
+    return write_glb(m, job.out / f"mesh{suffix}.glb", up=job.mesh_up)
 
 
 def animated_glb(job: Job) -> list[Path]:
@@ -150,16 +151,16 @@ def animated_glb(job: Job) -> list[Path]:
     pace: one period of the motion in ``frames / fps`` seconds."""
     o = job.opts
     path = job.out / "mesh.glb"
-    atomic_write(path, glb_bytes(list(job.meshes.values()), o.up or "y", frame_seconds=o.frames / o.fps / o.times))
+    atomic_write(path, glb_bytes(list(job.meshes.values()), job.mesh_up, frame_seconds=o.frames / o.fps / o.times))
     return [path]
 
 
 def obj(m, job: Job, suffix: str) -> list[Path]:
-    return write_obj(m, job.out / f"obj{suffix}", up=job.opts.up or "y")
+    return write_obj(m, job.out / f"obj{suffix}", up=job.mesh_up)
 
 
 def ply(m, job: Job, suffix: str) -> list[Path]:
-    return write_ply(m, job.out / f"mesh{suffix}.ply", up=job.opts.up or "y")
+    return write_ply(m, job.out / f"mesh{suffix}.ply", up=job.mesh_up)
 
 
 def splat(job: Job) -> list[Path]:

@@ -32,7 +32,7 @@ from torch import Tensor
 
 from threedgen.cameras import Cameras, make_cameras
 from threedgen.render.types import RenderOutput
-from threedgen.files import atomic_write
+from threedgen.files import atomic_target, atomic_write
 
 Shading = Literal["rgb", "normal", "depth"]
 
@@ -51,12 +51,9 @@ def write_video(path: Path, frames: np.ndarray, fps: int = 12) -> None:
     path = Path(path)
     h, w = frames.shape[1:3]
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), constant_values=255)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    if path.suffix == ".gif":
-        imageio.mimsave(tmp, list(frames), duration=1000 / fps, loop=0)
-    else:
-        imageio.mimsave(tmp, list(frames), fps=fps, macro_block_size=1)
-    tmp.replace(path)
+    opts = dict(duration=1000 / fps, loop=0) if path.suffix == ".gif" else dict(fps=fps, macro_block_size=1)
+    with atomic_target(path, suffix=path.suffix) as tmp:
+        imageio.mimsave(tmp, list(frames), **opts)
 
 
 def write_png(path: Path, image: np.ndarray) -> None:

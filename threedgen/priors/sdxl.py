@@ -22,8 +22,6 @@ from threedgen.priors.sd import StableDiffusion
 class SDXL(StableDiffusion):
     """AutoencoderKL latents (``StableDiffusion``'s codec), SDXL's text and added conditioning."""
 
-    sdxl = True  # says the folder was detected as SDXL (tests assert it); nothing branches on it
-
     @staticmethod
     def detects(folder: Path) -> bool:
         return read_config(folder, "unet/config.json").get("addition_embed_type") == "text_time"
