@@ -253,7 +253,6 @@ def test_bench_row_times_the_amortized_step(prior, one_thread):
     assert parts["evals"] == 3 * 8  # ASD: a CFG pair and the later-timestep eps for each of 4 x 2 views
 
 
-
 def test_corpus_comparison_scores_seen_and_held_out_prompts(tmp_path):
     """benchmarks.amortized_corpus's table row: the corpus's prompts, then the held-out ones."""
     from threedgen.benchmarks.amortized_corpus import row
