@@ -8,9 +8,9 @@ but for ``--steps``, ``--seed`` (``trainer.seed``) and the corpus
 (``configs/corpora/<corpus>.txt``), one torch thread a run and ``--workers`` runs at once;
 asks each for every prompt of ``configs/corpora/world-all.txt`` (``threedgen generate``);
 prints a Markdown table: how many training prompts pass (``world.metrics.passes``) and their
-mean IoU, the same for the prompts of ``world-held-out.txt``, and seconds a training step. At 1500 steps on an idle 2-core machine a
-run trains in about 7 minutes (ASD, SDS) or 11 (VSD), and generating 36 prompts takes about 90 s.
-Not part of the test suite.
+mean IoU, the same for the prompts of ``world-held-out.txt``, and seconds a training step.
+At 1500 steps on an idle 2-core machine a run trains in about 7 minutes (ASD, SDS) or 11 (VSD),
+and generating 36 prompts takes about 90 s. Not part of the test suite.
 """
 
 from __future__ import annotations
