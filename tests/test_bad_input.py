@@ -122,6 +122,8 @@ CASES = [
     Case("unknown command", "config", ["fitt"], "invalid choice: 'fitt'"),
     Case("export without format", "config", ["export", "{run}"], "the following arguments are required: --format"),
     Case("eval views not a number", "config", ["eval", "{run}", "--views", "many"], "invalid int value: 'many'"),
+    Case("unknown prior source", "config", fit("system.prior.name=stable-diffusion"),
+         "system.prior.name: unknown prior source 'stable-diffusion' \\(known: embedded, embedded_video, diffusers, mvdream\\)"),
     Case("diffusers prior without path", "config", fit("system.prior.name=diffusers"),
          "system.prior.path: a diffusers prior needs a checkpoint"),
     Case("bad export option", "config", ["export", "{run}", "--format", "mp4", "shading=glossy"],

@@ -31,7 +31,7 @@ from typing import Any, Literal, Union
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from threedgen.registry import CONFIG_TABLES, FORMATS, GUIDANCE, REPRESENTATIONS
+from threedgen.registry import CONFIG_TABLES, FORMATS, GUIDANCE, PRIOR_SOURCES, REPRESENTATIONS
 from threedgen.representations.generator import TriplaneGenerator, upsamplings
 from threedgen.schedules import ConfigError, Ramp, Scheduled, check_at_least, check_image_size
 
@@ -112,7 +112,7 @@ class PriorConfig:
     hub id in ``path``; mvdream: MVDream's released single file in ``path`` (a local file or
     org/repo/filename on the hub) plus the Stable Diffusion 2.1 base it was fine-tuned from."""
 
-    name: Literal["embedded", "embedded_video", "diffusers", "mvdream"] = "embedded"
+    name: str = "embedded"  # a source in threedgen.registry.PRIOR_SOURCES
     path: str | None = None
     base: str = "stabilityai/stable-diffusion-2-1-base"  # mvdream: VAE, text encoder, tokenizer, scheduler
     resolution: int | None = None  # image size renders are resized to; None: the model's own
@@ -123,6 +123,8 @@ class PriorConfig:
     cpu_offload: bool = False  # stream the UNet and VAE through the GPU (accelerate); CUDA only
 
     def __post_init__(self):
+        if self.name not in PRIOR_SOURCES:
+            raise ValueError(f"name: unknown prior source {self.name!r} (known: {', '.join(PRIOR_SOURCES)})")
         embedded = self.name.startswith("embedded")
         if not embedded and not self.path:
             raise ValueError(f"path: a {self.name} prior needs a checkpoint (local path or hub id)")
