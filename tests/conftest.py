@@ -89,7 +89,7 @@ def pytest_terminal_summary(terminalreporter):
     w.section("quality sweep")
     w.line(f"{'representation':<36} {'prompt':<20} {'shape':>5} {'colour':>6} {'IoU':>5} "
            f"{'best':>8} {'col.err':>7} {'handles':>7} {'CLIP R':>6} {'secs':>5} {'glb IoU':>7} {'glb PSNR':>8} "
-           f"{'interior':>8} {'holes256':>8} {'raw256':>6} {'cov fit':>7} {'cov256':>6}")
+           f"{'interior':>8} {'holes256':>8} {'raw256':>6} {'cov fit':>7} {'cov256':>6} {'hidden':>6}")
     for r in _SWEEP:
         w.line(f"{r['representation']:<36} {r['prompt']:<20} {r.get('shape_correct_views', '-'):>5} "
                f"{r.get('colour_correct_views', '-'):>6} {r.get('iou', 0):>5.2f} "
@@ -99,4 +99,5 @@ def pytest_terminal_summary(terminalreporter):
                f"{r.get('export', {}).get('psnr', float('nan')):>8.2f} "
                f"{r.get('export', {}).get('interior_psnr', float('nan')):>8.2f} "
                + " ".join(f"{r.get('porosity', {}).get(k, float('nan')):>{width}.4f}" for k, width in
-                          [("interior_256", 8), ("raw_256", 6), ("coverage_fit", 7), ("coverage_256", 6)]))
+                          [("interior_256", 8), ("raw_256", 6), ("coverage_fit", 7), ("coverage_256", 6),
+                           ("hidden_256", 6)]))

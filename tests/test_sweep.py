@@ -38,6 +38,8 @@ def test_prompt_is_recovered(tmp_path, sweep_results, rep, prompt):
     assert exported["silhouette_iou"] >= 0.9 and exported["psnr"] >= 20 and exported["interior_psnr"] >= 25, exported
     # Crisp at any resolution (issue 29): no holes inside the object at 256^2, nor lost coverage.
     assert holes["interior_256"] <= 0.01 and abs(holes["coverage_256"] / holes["coverage_fit"] - 1) <= 0.02, holes
+    # No solid background-coloured geometry: the Gaussians torus had 13% before its recipe's sparsity term.
+    assert holes["hidden_256"] <= 0.05, holes
 
 
 def glb_fidelity(run) -> dict:
@@ -64,8 +66,10 @@ def porosity(run, size: int = 256) -> dict:
     object's silhouette (the embedded world's): the fraction of its pixels with alpha < 0.5,
     over the whole silhouette ("raw_256": this counts the fit's shape error too, already
     1-3% at the fit's own size) and over its interior ("interior_256": the silhouette eroded by
-    one pixel of the fit's size, the finest edge a fit can place), and the coverage (pixels with
-    alpha > 0.5) at ``size`` and at the fit's size."""
+    one pixel of the fit's size, the finest edge a fit can place), the coverage (pixels with
+    alpha > 0.5) at ``size`` and at the fit's size, and "hidden_256": the fraction of the
+    covered pixels whose colour is within 0.08 of the background's, solid geometry the renders
+    hide on their background that a mesh, a splat viewer or another background shows."""
     import torch
     from scipy.ndimage import binary_erosion
 
@@ -79,13 +83,16 @@ def porosity(run, size: int = 256) -> dict:
     bg = torch.tensor(cfg.system.background)
     views = lambda n: orbit(8, c.eval_elevation, c.eval_distance, c.eval_fov_y, n, start_azimuth=22.5)  # noqa: E731
     with torch.no_grad():
-        alpha, fit_alpha = (rep.render(views(n), bg).alpha[:, 0].cpu() for n in (size, c.resolution))
+        out, fit_out = (rep.render(views(n), bg) for n in (size, c.resolution))
+    alpha, fit_alpha = out.alpha[:, 0].cpu(), fit_out.alpha[:, 0].cpu()
+    hidden = (out.rgb.cpu() - bg.view(1, 3, 1, 1)).abs().amax(1) < 0.08  # [8, H, W]
     truth = world.render([shape] * 8, [colour] * 8, views(size)).alpha[:, 0] > 0.5  # [8, H, W]
     interior = torch.from_numpy(binary_erosion(truth.numpy(), np.ones((1, 3, 3)), iterations=size // c.resolution))
     holes = lambda mask: round(float((alpha < 0.5)[mask].float().mean()), 4)  # noqa: E731
     return {"raw_256": holes(truth), "interior_256": holes(interior),
             "coverage_256": round(float((alpha > 0.5).float().mean()), 4),
-            "coverage_fit": round(float((fit_alpha > 0.5).float().mean()), 4)}
+            "coverage_fit": round(float((fit_alpha > 0.5).float().mean()), 4),
+            "hidden_256": round(float(hidden[alpha > 0.5].float().mean()), 4)}
 
 
 @pytest.mark.slow
